@@ -215,7 +215,7 @@ class ShardWriter:
     def write(self, example: tf.train.Example) -> None:
         if self._writer is None or self._in_shard >= self.records_per_shard:
             self._open_next()
-        self._writer.write(example.SerializeToString())
+        self._writer.write(example.SerializeToString(deterministic=True))
         self._in_shard += 1
         self.count += 1
 

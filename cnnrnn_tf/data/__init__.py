@@ -1,0 +1,43 @@
+"""Data sets and converters that write data folders of GZIP TFRecord shards.
+
+* :mod:`cnnrnn_tf.data.fashion_outfits`: the built-in default data set,
+  Fashion-MNIST items composed into multi-label outfit scenes.
+* :mod:`cnnrnn_tf.data.converters`: CSV, MS-COCO and Pascal VOC converters.
+* :mod:`cnnrnn_tf.data.idx`: the IDX (MNIST) file reader.
+"""
+from cnnrnn_tf.data.converters import (
+    ConversionSummary,
+    convert_coco,
+    convert_csv,
+    convert_voc,
+    read_image_file,
+)
+from cnnrnn_tf.data.fashion_outfits import (
+    OUTFIT_LABELS,
+    OUTFIT_STYLES,
+    build_fashion_outfits,
+    describe_grammar,
+    label_frequencies,
+    load_fashion_mnist,
+    make_label_sampler,
+)
+from cnnrnn_tf.data.idx import read_idx, read_idx_images, read_idx_labels, write_idx
+
+__all__ = [
+    "ConversionSummary",
+    "OUTFIT_LABELS",
+    "OUTFIT_STYLES",
+    "build_fashion_outfits",
+    "convert_coco",
+    "convert_csv",
+    "convert_voc",
+    "describe_grammar",
+    "label_frequencies",
+    "load_fashion_mnist",
+    "make_label_sampler",
+    "read_idx",
+    "read_idx_images",
+    "read_idx_labels",
+    "read_image_file",
+    "write_idx",
+]

@@ -1,0 +1,533 @@
+"""The built-in default data set: "Fashion-MNIST outfits".
+
+Each example is a 64x64 grayscale scene (PNG) of 1 to 4 real Fashion-MNIST
+items on black, labelled with the items' class names. The items of a scene
+are not independent: a scene is an *outfit* drawn from a small grammar, so the
+labels co-occur the way clothes do (a coat comes with ankle boots, a dress
+with sandals and a bag). This label structure is what a CNN-RNN can exploit
+over a plain multi-label classifier: look-alike items (shirt / t-shirt /
+pullover / coat, sandal / sneaker / ankle-boot) are easier to tell apart from
+the rest of the outfit.
+
+Labels (Fashion-MNIST classes 0..9)::
+
+    t-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle-boot
+
+Outfit grammar (``grammar="outfits"``). A scene first picks a style by its
+weight; then each slot of the style is filled independently with probability
+p(slot), with one of the slot's items (by the given odds when there are two).
+If no slot was filled, the slots are drawn again. Then, if the scene has fewer
+than 4 items, with probability 0.10 one off-style item is added, drawn
+uniformly from the labels that do not occur in the style::
+
+    style    weight  slot     p(slot)  item(s)
+    -------  ------  -------  -------  -----------------------------
+    winter   0.20    outer    0.70     coat
+                     top      0.75     pullover
+                     bottom   0.75     trouser
+                     shoes    0.85     ankle-boot
+    summer   0.20    top      0.95     t-shirt 0.60 / dress 0.40
+                     shoes    0.80     sandal
+                     bag      0.45     bag
+    office   0.20    top      0.90     shirt
+                     bottom   0.80     trouser
+                     shoes    0.60     ankle-boot
+                     bag      0.60     bag
+    sport    0.20    top      0.85     t-shirt
+                     bottom   0.65     trouser
+                     shoes    0.90     sneaker
+                     bag      0.30     bag
+    evening  0.20    dress    0.90     dress
+                     shoes    0.80     sandal 0.60 / ankle-boot 0.40
+                     bag      0.70     bag
+
+So every scene holds 1-4 distinct items: a subset of one style's items plus
+at most one off-style item. :func:`describe_grammar` prints this table with
+the exact label frequencies it implies.
+
+Control variant (``grammar="independent"``): each of the 10 labels is present
+independently, with Bernoulli probabilities calibrated so that, after keeping
+only draws with 1-4 labels, every label has exactly the marginal frequency it
+has under the outfit grammar. Same labels, same frequencies, no co-occurrence
+structure: the difference between the two measures what the label model
+learns from context.
+
+Scenes. The canvas (``image_size``, default 64) is split into a 2x2 grid of
+cells; each item (a 28x28 Fashion-MNIST image drawn uniformly from its class
+in the split) goes into its own random cell with a random offset of
+0..(cell - 28) pixels (0..4 at 64x64); overlapping pixels take the maximum.
+Train scenes use only Fashion-MNIST's train split, test scenes only its test
+split. Everything is drawn from ``numpy.random.default_rng([seed, split])``,
+so a seed gives byte-identical shards, and the test scenes do not depend on
+num_train. Labels are stored in the order the items were drawn.
+
+Source files: :func:`load_fashion_mnist` reads the four IDX files from
+``source_dir``, else ``$CNNRNN_FASHION_MNIST_DIR``, else
+``/usr/share/datasets/fashion-mnist`` (Debian/Ubuntu package
+``dataset-fashion-mnist``), else downloads them with
+``keras.datasets.fashion_mnist.load_data()``.
+"""
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections import Counter
+from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from cnnrnn_tf.data.converters import (
+    ConversionSummary,
+    check_no_shards,
+    output_guard,
+)
+from cnnrnn_tf.data.idx import read_idx_images, read_idx_labels
+from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.schema import ShardWriter
+
+OUTFIT_LABELS: Tuple[str, ...] = (
+    "t-shirt", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+)
+GRAMMARS: Tuple[str, ...] = ("outfits", "independent")
+ENV_VAR = "CNNRNN_FASHION_MNIST_DIR"
+DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
+# (split, images file, labels file); each may also end in .gz.
+SOURCE_FILES: Tuple[Tuple[str, str, str], ...] = (
+    ("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
+ITEM_SIZE = 28
+MAX_ITEMS = 4
+OFF_STYLE_PROBABILITY = 0.10
+RECORDS_PER_SHARD = 2048
+PROGRESS_EVERY = 2000
+
+HOW_TO_GET = (
+    "install it with `sudo apt-get install dataset-fashion-mnist` (files in "
+    f"{DEFAULT_SOURCE_DIR}), or set {ENV_VAR} to a folder holding "
+    "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
+    "and t10k-labels-idx1-ubyte.gz (from https://github.com/zalandoresearch/fashion-mnist)"
+)
+
+
+class Slot(NamedTuple):
+    """One slot of an outfit style: filled with ``probability``, by one of ``choices``."""
+
+    name: str
+    probability: float
+    choices: Tuple[Tuple[str, float], ...]  # (label, odds), odds sum to 1
+
+
+class Style(NamedTuple):
+    """An outfit style: picked with ``weight``; its ``slots`` are filled independently."""
+
+    name: str
+    weight: float
+    slots: Tuple[Slot, ...]
+
+    @property
+    def items(self) -> Tuple[str, ...]:
+        """The labels this style can produce (without the off-style item)."""
+        out: List[str] = []
+        for slot in self.slots:
+            for label, _ in slot.choices:
+                if label not in out:
+                    out.append(label)
+        return tuple(out)
+
+
+def _slot(name: str, probability: float, *choices) -> Slot:
+    if len(choices) == 1 and isinstance(choices[0], str):
+        return Slot(name, probability, ((choices[0], 1.0),))
+    return Slot(name, probability, tuple(choices))
+
+
+OUTFIT_STYLES: Tuple[Style, ...] = (
+    Style("winter", 0.20, (
+        _slot("outer", 0.70, "coat"),
+        _slot("top", 0.75, "pullover"),
+        _slot("bottom", 0.75, "trouser"),
+        _slot("shoes", 0.85, "ankle-boot"),
+    )),
+    Style("summer", 0.20, (
+        _slot("top", 0.95, ("t-shirt", 0.60), ("dress", 0.40)),
+        _slot("shoes", 0.80, "sandal"),
+        _slot("bag", 0.45, "bag"),
+    )),
+    Style("office", 0.20, (
+        _slot("top", 0.90, "shirt"),
+        _slot("bottom", 0.80, "trouser"),
+        _slot("shoes", 0.60, "ankle-boot"),
+        _slot("bag", 0.60, "bag"),
+    )),
+    Style("sport", 0.20, (
+        _slot("top", 0.85, "t-shirt"),
+        _slot("bottom", 0.65, "trouser"),
+        _slot("shoes", 0.90, "sneaker"),
+        _slot("bag", 0.30, "bag"),
+    )),
+    Style("evening", 0.20, (
+        _slot("dress", 0.90, "dress"),
+        _slot("shoes", 0.80, ("sandal", 0.60), ("ankle-boot", 0.40)),
+        _slot("bag", 0.70, "bag"),
+    )),
+)
+
+
+# --------------------------------------------------------------------------- source
+
+
+def _find_file(folder: str, stem: str) -> Optional[str]:
+    for name in (stem + ".gz", stem):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _load_folder(folder: str, origin: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    if not os.path.isdir(folder):
+        raise InputError(f"{folder} ({origin}): Fashion-MNIST folder does not exist; {HOW_TO_GET}")
+    out: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    for split, images_stem, labels_stem in SOURCE_FILES:
+        paths = []
+        for stem in (images_stem, labels_stem):
+            path = _find_file(folder, stem)
+            if path is None:
+                raise InputError(
+                    f"{os.path.join(folder, stem)}.gz ({origin}): Fashion-MNIST file is missing; "
+                    f"{HOW_TO_GET}"
+                )
+            paths.append(path)
+        images, labels = read_idx_images(paths[0]), read_idx_labels(paths[1])
+        out[split] = _check_split(images, labels, f"{paths[0]} / {paths[1]}")
+    return out
+
+
+def _check_split(images: np.ndarray, labels: np.ndarray, where: str) -> Tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 3 or images.shape[1:] != (ITEM_SIZE, ITEM_SIZE):
+        raise InputError(f"{where}: expected {ITEM_SIZE}x{ITEM_SIZE} images, got shape {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise InputError(f"{where}: {len(images)} images but {labels.shape} labels")
+    if len(labels) and int(labels.max()) >= len(OUTFIT_LABELS):
+        raise InputError(f"{where}: label {int(labels.max())} is not a Fashion-MNIST class (0..9)")
+    return images.astype(np.uint8, copy=False), labels.astype(np.uint8, copy=False)
+
+
+def load_fashion_mnist(source_dir: Optional[str] = None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Loads Fashion-MNIST: {"train": (images, labels), "test": (images, labels)}.
+
+    Images are uint8 [n, 28, 28], labels uint8 [n] (classes 0..9, see
+    OUTFIT_LABELS). Looks in source_dir, else $CNNRNN_FASHION_MNIST_DIR, else
+    /usr/share/datasets/fashion-mnist, else tries keras' download. A folder
+    given explicitly (argument or environment) must hold the four IDX files
+    (``.gz`` or plain). Raises InputError saying how to get the data.
+    """
+    if source_dir is not None:
+        return _load_folder(os.fspath(source_dir), "source_dir")
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return _load_folder(env, f"${ENV_VAR}")
+    if all(
+        _find_file(DEFAULT_SOURCE_DIR, stem) for _, *stems in SOURCE_FILES for stem in stems
+    ):
+        return _load_folder(DEFAULT_SOURCE_DIR, "default location")
+    try:
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    except Exception as exc:  # offline, proxy, ...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"Fashion-MNIST: not found in {DEFAULT_SOURCE_DIR} and the download failed "
+            f"({first}); {HOW_TO_GET}"
+        ) from None
+    return {
+        "train": _check_split(x_train, y_train, "keras fashion_mnist train"),
+        "test": _check_split(x_test, y_test, "keras fashion_mnist test"),
+    }
+
+
+# --------------------------------------------------------------------------- grammar
+
+
+def _check_grammar(grammar: str) -> None:
+    if grammar not in GRAMMARS:
+        raise InputError(f"grammar: unknown grammar {grammar!r} (choose from {', '.join(GRAMMARS)})")
+
+
+def _style_set_distribution(style: Style) -> Dict[FrozenSet[str], float]:
+    """Exact distribution of the item set a style's slots produce (before off-style)."""
+    dist: Dict[FrozenSet[str], float] = {frozenset(): 1.0}
+    for slot in style.slots:
+        new: Dict[FrozenSet[str], float] = {}
+        for items, p in dist.items():
+            new[items] = new.get(items, 0.0) + p * (1.0 - slot.probability)
+            for label, odds in slot.choices:
+                key = items | {label}
+                new[key] = new.get(key, 0.0) + p * slot.probability * odds
+        dist = new
+    empty = dist.pop(frozenset(), 0.0)
+    return {items: p / (1.0 - empty) for items, p in dist.items()}
+
+
+def _outfit_set_distribution() -> Dict[FrozenSet[str], float]:
+    """Exact distribution of a scene's label set under the outfit grammar."""
+    total_weight = sum(style.weight for style in OUTFIT_STYLES)
+    out: Dict[FrozenSet[str], float] = {}
+    for style in OUTFIT_STYLES:
+        weight = style.weight / total_weight
+        others = [label for label in OUTFIT_LABELS if label not in style.items]
+        for items, p in _style_set_distribution(style).items():
+            if len(items) < MAX_ITEMS and others:
+                out[items] = out.get(items, 0.0) + weight * p * (1.0 - OFF_STYLE_PROBABILITY)
+                for other in others:
+                    key = items | {other}
+                    out[key] = out.get(key, 0.0) + weight * p * OFF_STYLE_PROBABILITY / len(others)
+            else:
+                out[items] = out.get(items, 0.0) + weight * p
+    return out
+
+
+def _outfit_marginals() -> np.ndarray:
+    marg = np.zeros(len(OUTFIT_LABELS))
+    for items, p in _outfit_set_distribution().items():
+        for label in items:
+            marg[OUTFIT_LABELS.index(label)] += p
+    return marg
+
+
+def _subset_bits() -> np.ndarray:
+    """Bool [m, 10]: every label subset with 1..MAX_ITEMS labels."""
+    n = len(OUTFIT_LABELS)
+    bits = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(bool)
+    sizes = bits.sum(axis=1)
+    return bits[(sizes >= 1) & (sizes <= MAX_ITEMS)]
+
+
+def _truncated_marginals(q: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    logp = bits @ np.log(q) + (~bits) @ np.log1p(-q)
+    w = np.exp(logp - logp.max())
+    return (w / w.sum()) @ bits
+
+
+def _independent_probabilities() -> np.ndarray:
+    """Bernoulli probabilities whose 1..4-truncated marginals equal the outfit marginals."""
+    target = _outfit_marginals()
+    bits = _subset_bits()
+    logit_target = np.log(target) - np.log1p(-target)
+    logit = logit_target.copy()
+    for _ in range(1000):
+        q = 1.0 / (1.0 + np.exp(-logit))
+        marg = _truncated_marginals(q, bits)
+        if np.max(np.abs(marg - target)) < 1e-12:
+            break
+        logit += logit_target - (np.log(marg) - np.log1p(-marg))
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def label_frequencies(grammar: str = "outfits") -> Dict[str, float]:
+    """Exact fraction of scenes that carry each label under a grammar."""
+    _check_grammar(grammar)
+    if grammar == "outfits":
+        marg = _outfit_marginals()
+    else:
+        marg = _truncated_marginals(_independent_probabilities(), _subset_bits())
+    return {label: float(p) for label, p in zip(OUTFIT_LABELS, marg)}
+
+
+def _outfit_sampler() -> Callable[[np.random.Generator], List[str]]:
+    weights = np.array([style.weight for style in OUTFIT_STYLES], dtype=np.float64)
+    weights /= weights.sum()
+
+    def sample(rng: np.random.Generator) -> List[str]:
+        style = OUTFIT_STYLES[int(rng.choice(len(OUTFIT_STYLES), p=weights))]
+        items: List[str] = []
+        while not items:
+            for slot in style.slots:
+                if rng.random() < slot.probability:
+                    if len(slot.choices) == 1:
+                        label = slot.choices[0][0]
+                    else:
+                        odds = np.array([o for _, o in slot.choices], dtype=np.float64)
+                        label = slot.choices[int(rng.choice(len(odds), p=odds / odds.sum()))][0]
+                    if label not in items:
+                        items.append(label)
+        if len(items) < MAX_ITEMS and rng.random() < OFF_STYLE_PROBABILITY:
+            others = [label for label in OUTFIT_LABELS if label not in style.items]
+            if others:
+                items.append(others[int(rng.integers(len(others)))])
+        return items
+
+    return sample
+
+
+def _independent_sampler() -> Callable[[np.random.Generator], List[str]]:
+    q = _independent_probabilities()
+
+    def sample(rng: np.random.Generator) -> List[str]:
+        while True:
+            present = np.flatnonzero(rng.random(len(q)) < q)
+            if 1 <= len(present) <= MAX_ITEMS:
+                return [OUTFIT_LABELS[i] for i in rng.permutation(present)]
+
+    return sample
+
+
+def make_label_sampler(grammar: str = "outfits") -> Callable[[np.random.Generator], List[str]]:
+    """Returns ``sample(rng) -> [label, ...]`` drawing one scene's labels (1-4, distinct)."""
+    _check_grammar(grammar)
+    return _outfit_sampler() if grammar == "outfits" else _independent_sampler()
+
+
+def _style_table() -> str:
+    lines = [
+        "style    weight  slot     p(slot)  item(s)",
+        "-------  ------  -------  -------  -----------------------------",
+    ]
+    for style in OUTFIT_STYLES:
+        for i, slot in enumerate(style.slots):
+            if len(slot.choices) == 1:
+                items = slot.choices[0][0]
+            else:
+                items = " / ".join(f"{label} {odds:.2f}" for label, odds in slot.choices)
+            head = f"{style.name:<7}  {style.weight:<6.2f}" if i == 0 else " " * 15
+            lines.append(f"{head}  {slot.name:<7}  {slot.probability:<7.2f}  {items}")
+    return "\n".join(lines)
+
+
+def describe_grammar() -> str:
+    """A text description of the outfit grammar and the label frequencies it implies."""
+    freq = label_frequencies("outfits")
+    dist = _outfit_set_distribution()
+    mean_items = sum(len(items) * p for items, p in dist.items())
+    lines = [
+        "Fashion-MNIST outfits: each scene picks a style by weight, fills each slot with",
+        "probability p(slot) (redrawing if none was filled), then with probability "
+        f"{OFF_STYLE_PROBABILITY:.2f}",
+        "adds one item from outside the style (if it has fewer than 4 items).",
+        "",
+        _style_table(),
+        "",
+        f"Items per scene: 1-{MAX_ITEMS}, {mean_items:.2f} on average.",
+        "Label frequencies (fraction of scenes; grammar='independent' draws each label",
+        "independently with these same frequencies, 1-4 labels per scene):",
+    ]
+    lines += [f"  {label:<11} {freq[label]:.3f}" for label in OUTFIT_LABELS]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+def _render_scene(
+    labels: List[str],
+    images: np.ndarray,
+    by_class: List[np.ndarray],
+    image_size: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    cell = image_size // 2
+    jitter = cell - ITEM_SIZE
+    canvas = np.zeros((image_size, image_size), dtype=np.uint8)
+    cells = rng.permutation(4)[: len(labels)]
+    for label, cell_index in zip(labels, cells):
+        pool = by_class[OUTFIT_LABELS.index(label)]
+        item = images[pool[int(rng.integers(len(pool)))]]
+        dy, dx = (int(v) for v in rng.integers(0, jitter + 1, size=2))
+        row, col = divmod(int(cell_index), 2)
+        y, x = row * cell + dy, col * cell + dx
+        region = canvas[y : y + ITEM_SIZE, x : x + ITEM_SIZE]
+        np.maximum(region, item, out=region)
+    return canvas
+
+
+def _png(canvas: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name}: must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def build_fashion_outfits(
+    out_dir: str,
+    num_train: int = 10000,
+    num_test: int = 2000,
+    seed: int = 0,
+    grammar: str = "outfits",
+    source_dir: Optional[str] = None,
+    image_size: int = 64,
+    progress: bool = True,
+) -> Dict[str, ConversionSummary]:
+    """Builds the Fashion-MNIST outfits data set in out_dir/train and out_dir/test.
+
+    Writes ``num_train`` scenes from Fashion-MNIST's train split and ``num_test``
+    from its test split as GZIP TFRecord shards (``train-00000-of-00005.tfrecord.gz``
+    ...), with ids ``train-000000``, ``test-000000``, .... Deterministic for a
+    seed. Refuses (InputError) when out_dir/train or out_dir/test already holds
+    shards; on any error nothing is left behind. Prints a progress line to
+    stderr every 2000 scenes when progress.
+
+    Returns:
+        {"train": ConversionSummary, "test": ConversionSummary}.
+    """
+    out_dir = os.fspath(out_dir)
+    num_train = _check_count("num_train", num_train)
+    num_test = _check_count("num_test", num_test)
+    _check_grammar(grammar)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed: must be a non-negative integer, got {seed!r}")
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or image_size < 2 * ITEM_SIZE
+        or image_size % 2
+    ):
+        raise InputError(
+            f"image_size: must be an even integer >= {2 * ITEM_SIZE} (2x2 cells of at least "
+            f"{ITEM_SIZE} pixels), got {image_size!r}"
+        )
+    split_dirs = {split: os.path.join(out_dir, split) for split in ("train", "test")}
+    for split_dir in split_dirs.values():
+        check_no_shards(split_dir)
+    source = load_fashion_mnist(source_dir)
+    sample_labels = make_label_sampler(grammar)
+    summaries: Dict[str, ConversionSummary] = {}
+    with output_guard(out_dir, *split_dirs.values()) as written:
+        for split_index, (split, count) in enumerate((("train", num_train), ("test", num_test))):
+            images, classes = source[split]
+            by_class = [np.flatnonzero(classes == c) for c in range(len(OUTFIT_LABELS))]
+            for c, pool in enumerate(by_class):
+                if not len(pool):
+                    raise InputError(
+                        f"Fashion-MNIST {split} split: no image of class {c} ({OUTFIT_LABELS[c]})"
+                    )
+            rng = np.random.default_rng([int(seed), split_index])
+            label_counts: Counter = Counter()
+            with ShardWriter(split_dirs[split], prefix=split, records_per_shard=RECORDS_PER_SHARD) as writer:
+                for i in range(count):
+                    labels = sample_labels(rng)
+                    canvas = _render_scene(labels, images, by_class, int(image_size), rng)
+                    writer.write_record(_png(canvas), labels, f"{split}-{i:06d}")
+                    label_counts.update(labels)
+                    if progress and ((i + 1) % PROGRESS_EVERY == 0 or i + 1 == count):
+                        print(f"fashion-outfits: {split} {i + 1}/{count} scenes", file=sys.stderr,
+                              flush=True)
+            written.extend(writer.paths)
+            summaries[split] = ConversionSummary(
+                split_dirs[split], writer.count, 0,
+                {label: label_counts[label] for label in OUTFIT_LABELS if label_counts[label]},
+                tuple(writer.paths),
+            )
+    return summaries
