@@ -1,0 +1,351 @@
+"""The ``cnnrnn`` command line.
+
+Every command answers bad input with a non-zero exit and one line
+``error: <what was wrong, naming the input>`` on stderr. Heavy imports
+(TensorFlow, the pipeline) happen inside the commands, so ``--help`` is fast and
+the core never imports the TFX pipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+from cnnrnn_tf.errors import InputError
+
+EXIT_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+# ---------------------------------------------------------------- argument types
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def label_sep(text: str) -> str:
+    if not text or text in ("\n", "\r", ","):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot separate labels (the CSV uses ',')")
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with the one-line error format of the rest of the CLI."""
+
+    def error(self, message):
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n"
+                              f"(run '{self.prog} --help' for usage)\n")
+
+
+# ---------------------------------------------------------------- commands
+def cmd_data_fashion(args) -> int:
+    from cnnrnn_tf.data import build_fashion_outfits
+
+    summary = build_fashion_outfits(args.out, num_train=args.train, num_test=args.test,
+                                    seed=args.seed, grammar=args.grammar,
+                                    source_dir=args.source, image_size=args.image_size)
+    for split in ("train", "test"):
+        print(summary[split])
+    return 0
+
+
+def cmd_data_csv(args) -> int:
+    from cnnrnn_tf.data import convert_csv
+
+    print(convert_csv(args.csv, args.out, label_sep=args.label_sep))
+    return 0
+
+
+def cmd_data_coco(args) -> int:
+    from cnnrnn_tf.data import convert_coco
+
+    print(convert_coco(args.annotations, args.images, args.out,
+                       skip_empty=not args.keep_empty))
+    return 0
+
+
+def cmd_data_voc(args) -> int:
+    from cnnrnn_tf.data import convert_voc
+
+    print(convert_voc(args.root, args.split, args.out, include_difficult=args.difficult))
+    return 0
+
+
+def _train_config(args):
+    from cnnrnn_tf.config import TrainConfig
+
+    fields = dict(model=args.model, backbone=args.backbone, image_size=args.image_size,
+                  epochs=args.epochs, batch_size=args.batch_size, label_order=args.label_order,
+                  seed=args.seed, optimizer=args.optimizer, learning_rate=args.learning_rate,
+                  beam_size=args.beam_size, max_labels=args.max_labels, augment=args.augment,
+                  fine_tune=args.fine_tune, mixed_precision=args.mixed_precision,
+                  threshold=args.threshold, steps_per_epoch=args.steps_per_epoch,
+                  early_stopping_patience=args.patience)
+    if args.no_pretrained_weights:
+        fields["weights"] = "none"
+    return TrainConfig(**fields)
+
+
+def cmd_train(args) -> int:
+    from cnnrnn_tf.metrics import format_table
+    from cnnrnn_tf.training import train
+
+    config = _train_config(args)
+    result = train(config, args.train, args.eval, args.out, verbose=args.verbose)
+    if result.metrics:
+        print(format_table(result.metrics, title=f"{config.model} on {args.eval}"))
+    print(f"model written to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from cnnrnn_tf.evaluation import evaluate_model
+    from cnnrnn_tf.metrics import format_table, per_class_table
+    from cnnrnn_tf.model_dir import load_model_dir
+
+    loaded = load_model_dir(args.model)
+    results = evaluate_model(loaded.model, loaded.vocab, args.data, loaded.image_size,
+                             beam_size=args.beam_size, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+    else:
+        print(format_table(results, title=f"{args.model} on {args.data}"))
+        if args.per_class:
+            print(per_class_table(results))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from cnnrnn_tf.predictor import Predictor
+
+    predictor = Predictor.from_model_dir(args.model, beam_size=args.beam_size)
+    for result in predictor.predict_files(args.images, batch_size=args.batch_size):
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+        else:
+            labels = ", ".join(f"{x['label']} ({x['score']:.2f})" for x in result["labels"])
+            print(f"{result['image']}: {labels or '(no labels)'}", flush=True)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from cnnrnn_tf.export import export_saved_model
+    from cnnrnn_tf.model_dir import load_model_dir
+
+    loaded = load_model_dir(args.model)
+    path = export_saved_model(loaded.model, loaded.vocab, loaded.image_size, args.out,
+                              beam_size=args.beam_size or loaded.config.beam_size)
+    print(f"SavedModel written to {path}")
+    return 0
+
+
+def _pipeline_module():
+    try:
+        import cnnrnn_pipeline.cli as pipeline_cli
+    except ImportError as exc:
+        raise InputError(
+            f"the TFX pipeline is not installed ({exc}); install it with "
+            "pip install 'cnnrnn-tf[pipeline]' (see BUILD.md)") from None
+    return pipeline_cli
+
+
+def cmd_pipeline_run(args) -> int:
+    return _pipeline_module().run_command(args)
+
+
+def cmd_pipeline_compile(args) -> int:
+    return _pipeline_module().compile_command(args)
+
+
+def cmd_main_job(args) -> int:
+    from cnnrnn_tf.main_job import run_main_job
+
+    return run_main_job(args.work_dir, num_train=args.train, num_test=args.test,
+                        epochs=args.epochs, seed=args.seed)
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from cnnrnn_tf import __version__
+
+    parser = Parser(prog="cnnrnn", description="CNN-RNN multi-label image classification.")
+    parser.add_argument("--version", action="version", version=f"cnnrnn-tf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    data = sub.add_parser("data", help="build or convert data sets to TFRecord shards")
+    dsub = data.add_subparsers(dest="data_command", metavar="SOURCE", parser_class=Parser)
+    dsub.required = True
+    p = dsub.add_parser("fashion-outfits", help="the built-in default data set")
+    p.add_argument("--out", required=True, help="writes OUT/train and OUT/test")
+    p.add_argument("--train", type=positive_int, default=10000, help="train scenes")
+    p.add_argument("--test", type=positive_int, default=2000, help="test scenes")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--grammar", choices=("outfits", "independent"), default="outfits",
+                   help="'independent': the control variant without label dependencies")
+    p.add_argument("--image-size", type=positive_int, default=64)
+    p.add_argument("--source", default=None, help="folder with Fashion-MNIST IDX files")
+    p.set_defaults(func=cmd_data_fashion)
+    p = dsub.add_parser("from-csv", help="CSV with columns image,labels")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--label-sep", type=label_sep, default="|")
+    p.set_defaults(func=cmd_data_csv)
+    p = dsub.add_parser("from-coco", help="MS-COCO instances JSON + image folder")
+    p.add_argument("--annotations", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--keep-empty", action="store_true",
+                   help="keep images without annotations (they get no labels)")
+    p.set_defaults(func=cmd_data_coco)
+    p = dsub.add_parser("from-voc", help="Pascal VOC folder")
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--difficult", action="store_true", help="include 'difficult' objects")
+    p.set_defaults(func=cmd_data_voc)
+
+    from cnnrnn_tf.config import BACKBONES, MODELS, OPTIMIZERS
+    from cnnrnn_tf.vocabulary import LABEL_ORDERS
+
+    p = sub.add_parser("train", help="train a model; writes MODEL_DIR")
+    p.add_argument("--train", required=True, help="training data folder")
+    p.add_argument("--eval", required=True, help="evaluation data folder")
+    p.add_argument("--out", required=True, help="MODEL_DIR to write")
+    p.add_argument("--model", choices=MODELS, default="cnn-rnn")
+    p.add_argument("--backbone", choices=BACKBONES, default="small-cnn")
+    p.add_argument("--image-size", type=positive_int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="default: chosen from the training set size, with early stopping")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--label-order", choices=LABEL_ORDERS, default="frequent-first")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="rmsprop")
+    p.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    p.add_argument("--beam-size", type=positive_int, default=3)
+    p.add_argument("--max-labels", type=positive_int, default=None)
+    p.add_argument("--threshold", type=probability, default=0.5, help="bce/asl decision threshold")
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None)
+    p.add_argument("--patience", type=non_negative_int, default=4, help="early stopping patience")
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--fine-tune", action="store_true", help="train a pretrained encoder too")
+    p.add_argument("--no-pretrained-weights", action="store_true",
+                   help="random init for vgg16/resnet50/efficientnet-lite0")
+    p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--verbose", type=non_negative_int, default=1, choices=(0, 1, 2))
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a MODEL_DIR on a data folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--beam-size", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--per-class", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label sets for image files")
+    p.add_argument("--model", required=True)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--beam-size", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write the SavedModel of a MODEL_DIR")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--beam-size", type=positive_int, default=None)
+    p.set_defaults(func=cmd_export)
+
+    pipe = sub.add_parser("pipeline", help="the TFX pipeline (needs the [pipeline] extra)")
+    psub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", parser_class=Parser)
+    psub.required = True
+    p = psub.add_parser("run", help="run the pipeline locally (LocalDagRunner, Beam)")
+    p.add_argument("--data", required=True,
+                   help="folder of shards: with train/ and test/ inside, or one folder to hash-split")
+    p.add_argument("--pipeline-root", required=True)
+    p.add_argument("--serving-dir", required=True, help="pushes to SERVING_DIR/MODEL_NAME/VERSION")
+    p.add_argument("--model-name", default="cnnrnn")
+    p.add_argument("--train-steps", type=positive_int, default=None)
+    p.add_argument("--eval-steps", type=positive_int, default=None)
+    p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                   help="a Beam pipeline argument, e.g. --beam-arg=--direct_num_workers=2")
+    p.set_defaults(func=cmd_pipeline_run)
+    p = psub.add_parser("compile", help="compile the pipeline for an orchestrator")
+    p.add_argument("--runner", choices=("kubeflow-v2",), required=True)
+    p.add_argument("--image", required=True, help="container image with this package installed")
+    p.add_argument("--output", required=True, help="the pipeline definition JSON to write")
+    p.set_defaults(func=cmd_pipeline_compile)
+
+    p = sub.add_parser("main-job", help="the README's main job (what 'make run' calls)")
+    p.add_argument("--work-dir", default="runs/default")
+    p.add_argument("--train", type=positive_int, default=None)
+    p.add_argument("--test", type=positive_int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.set_defaults(func=cmd_main_job)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # the last line of defence: one line, no traceback
+        if os.environ.get("CNNRNN_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {type(exc).__name__}: {first} (set CNNRNN_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

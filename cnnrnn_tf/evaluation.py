@@ -1,0 +1,73 @@
+"""Running a trained model over a data folder and scoring it."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from cnnrnn_tf.dataset import make_dataset, scan_labels
+from cnnrnn_tf.vocabulary import LabelVocabulary
+
+
+def decode_function(model, beam_size: Optional[int] = None):
+    """A compiled fn(images float32 [B, S, S, 3]) -> the model's decode() dict."""
+
+    @tf.function(reduce_retracing=True)
+    def fn(images):
+        return model.decode(images, beam_size=beam_size)
+
+    return fn
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Model outputs over a data set, aligned with the truth."""
+
+    y_true: np.ndarray       # {0,1} [n, K]
+    y_pred: np.ndarray       # {0,1} [n, K] the predicted label sets
+    y_score: np.ndarray      # float [n, K] per-label ranking scores
+    label_ids: np.ndarray    # int [n, L] decoding order, -1 padded
+    scores: np.ndarray       # float [n, L]
+    ids: List[str]
+
+
+def predict_dataset(model, vocab: LabelVocabulary, data, image_size: int,
+                    beam_size: Optional[int] = None, batch_size: int = 64) -> Predictions:
+    ds = make_dataset(data, vocab, mode="eval", image_size=image_size, batch_size=batch_size,
+                      cache=False, with_ids=True)
+    fn = decode_function(model, beam_size)
+    parts: Dict[str, list] = {k: [] for k in ("y_true", "label_ids", "scores", "prob", "ids")}
+    for features, y in ds:
+        out = fn(features["images"])
+        parts["y_true"].append(y.numpy())
+        parts["label_ids"].append(out["label_ids"].numpy())
+        parts["scores"].append(out["scores"].numpy())
+        parts["prob"].append(out["probabilities"].numpy())
+        parts["ids"].extend(v.decode("utf-8", "replace") for v in features["id"].numpy())
+    y_true = np.concatenate(parts["y_true"]).astype(np.int32)
+    label_ids = np.concatenate(parts["label_ids"])
+    y_pred = np.zeros_like(y_true)
+    rows, cols = np.nonzero(label_ids >= 0)
+    y_pred[rows, label_ids[rows, cols]] = 1
+    return Predictions(y_true, y_pred, np.concatenate(parts["prob"]), label_ids,
+                       np.concatenate(parts["scores"]), parts["ids"])
+
+
+def evaluate_model(model, vocab: LabelVocabulary, data, image_size: int,
+                   beam_size: Optional[int] = None, batch_size: int = 64) -> Dict[str, Any]:
+    """The metric dict of ``cnnrnn_tf.metrics.multilabel_metrics`` plus data notes."""
+    from cnnrnn_tf.metrics import multilabel_metrics
+
+    preds = predict_dataset(model, vocab, data, image_size, beam_size, batch_size)
+    results = multilabel_metrics(preds.y_true, preds.y_pred, preds.y_score, top_k=3,
+                                 label_names=list(vocab.labels))
+    stats = scan_labels(data, require_labels=False)
+    known = set(vocab.labels)
+    unknown = sorted({n for labels in stats.label_lists for n in labels if n not in known})
+    results["unknown_labels"] = unknown
+    results["beam_size"] = int(beam_size or getattr(model, "beam_size", 1) or 1)
+    results["mean_predicted_labels"] = float(preds.y_pred.sum(1).mean())
+    results["mean_true_labels"] = float(preds.y_true.sum(1).mean())
+    return results

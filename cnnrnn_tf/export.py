@@ -1,0 +1,163 @@
+"""The SavedModel export: the serving contract shared with the pipeline and TF Serving.
+
+Signatures (names exactly as written; decoding and beam search run in the graph):
+
+* ``serving_default``: input ``examples`` (string [batch], serialized tf.Example
+  with ``image/encoded``) -> ``labels`` (string [batch, L], the predicted set in
+  decoding order, padded with ""), ``scores`` (float32 [batch, L], padded with 0),
+  ``label_count`` (int32 [batch]).
+* ``predict_images``: input ``images`` (string [batch], PNG/JPEG bytes) -> the same.
+* ``label_scores``: input ``examples`` -> ``probabilities`` (float32
+  [batch, num_labels], vocabulary order).
+
+L is the model's ``max_labels``.
+
+Two more signatures serve the TFX Evaluator (TFMA), which needs dense
+vocabulary-order vectors for both the label and the prediction:
+
+* ``eval_labels``: input ``examples`` -> ``label_multi_hot`` (float32
+  [batch, num_labels], the example's ``image/labels``; unknown names ignored;
+  no model call, TFMA runs it as a preprocessing function);
+* ``eval_predictions``: input ``examples`` -> ``predicted_multi_hot`` (float32
+  [batch, num_labels], the beam-search set of ``serving_default``) and
+  ``probabilities`` (as ``label_scores``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import Optional
+
+import tensorflow as tf
+
+from cnnrnn_tf import schema
+from cnnrnn_tf.preprocessing import decode_images
+from cnnrnn_tf.vocabulary import LabelVocabulary
+
+SIGNATURES = ("serving_default", "predict_images", "label_scores")
+EVAL_SIGNATURES = ("eval_labels", "eval_predictions")
+VOCAB_ASSET = "vocabulary.txt"
+
+
+class ServingModule(tf.Module):
+    """Wraps a trained model with the three serving signatures."""
+
+    def __init__(self, model, vocab: LabelVocabulary, image_size: int,
+                 beam_size: Optional[int] = None, vocab_file: Optional[str] = None):
+        super().__init__(name="cnnrnn_serving")
+        self.model = model
+        self.image_size = int(image_size)
+        self.beam_size = int(beam_size or getattr(model, "beam_size", 1) or 1)
+        self.num_labels = len(vocab)
+        self.label_names = tf.constant([""] + list(vocab.labels))
+        self.label_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(vocab.labels)), tf.range(len(vocab), dtype=tf.int64)), -1)
+        if vocab_file is not None:
+            self.vocab_asset = tf.saved_model.Asset(vocab_file)
+
+    def _decode(self, images):
+        """Runs decode(); an empty batch returns empty outputs without running the model."""
+        length = int(min(self.model.max_labels, self.num_labels)
+                     if getattr(self.model, "model_type", "") != "cnn-rnn"
+                     else self.model.max_labels)
+
+        def run():
+            out = self.model.decode(images, beam_size=self.beam_size)
+            return (tf.cast(out["label_ids"], tf.int32), tf.cast(out["scores"], tf.float32),
+                    tf.cast(out["label_count"], tf.int32),
+                    tf.cast(out["probabilities"], tf.float32))
+
+        def empty():
+            return (tf.zeros([0, length], tf.int32), tf.zeros([0, length], tf.float32),
+                    tf.zeros([0], tf.int32), tf.zeros([0, self.num_labels], tf.float32))
+
+        ids, scores, count, probs = tf.cond(tf.shape(images)[0] > 0, run, empty)
+        ids = tf.ensure_shape(ids, [None, length])
+        return {
+            "labels": tf.gather(self.label_names, ids + 1),
+            "scores": tf.ensure_shape(scores, [None, length]),
+            "label_count": count,
+        }, {"label_ids": ids, "probabilities": tf.ensure_shape(probs, [None, self.num_labels])}
+
+    def _images_from_examples(self, examples):
+        parsed = tf.io.parse_example(
+            examples, {schema.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})
+        return decode_images(parsed[schema.IMAGE_KEY], self.image_size)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(self, examples):
+        outputs, _ = self._decode(self._images_from_examples(examples))
+        return outputs
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def predict_images(self, images):
+        outputs, _ = self._decode(decode_images(images, self.image_size))
+        return outputs
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def label_scores(self, examples):
+        _, out = self._decode(self._images_from_examples(examples))
+        return {"probabilities": tf.cast(out["probabilities"], tf.float32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def eval_labels(self, examples):
+        labels = tf.io.parse_example(
+            examples, {schema.LABELS_KEY: tf.io.VarLenFeature(tf.string)})[schema.LABELS_KEY]
+        ids = self.label_table.lookup(labels.values)
+        known = ids >= 0
+        index = tf.stack([tf.boolean_mask(labels.indices[:, 0], known),
+                          tf.boolean_mask(ids, known)], axis=1)
+        shape = tf.stack([tf.shape(examples, out_type=tf.int64)[0],
+                          tf.constant(self.num_labels, tf.int64)])
+        ones = tf.ones_like(index[:, 0], tf.float32)
+        return {"label_multi_hot": tf.minimum(tf.scatter_nd(index, ones, shape), 1.0)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def eval_predictions(self, examples):
+        _, out = self._decode(self._images_from_examples(examples))
+        ids = tf.cast(out["label_ids"], tf.int32)  # -1 pads: one_hot gives zeros
+        predicted = tf.reduce_max(tf.one_hot(ids, self.num_labels, dtype=tf.float32), axis=1)
+        return {"predicted_multi_hot": predicted,
+                "probabilities": tf.cast(out["probabilities"], tf.float32)}
+
+    def signatures(self):
+        return {
+            "serving_default": self.serve_examples.get_concrete_function(),
+            "predict_images": self.predict_images.get_concrete_function(),
+            "label_scores": self.label_scores.get_concrete_function(),
+            "eval_labels": self.eval_labels.get_concrete_function(),
+            "eval_predictions": self.eval_predictions.get_concrete_function(),
+        }
+
+
+def export_saved_model(model, vocab: LabelVocabulary, image_size: int, out_dir: str,
+                       beam_size: Optional[int] = None) -> str:
+    """Writes the SavedModel atomically: a temporary folder renamed into place.
+
+    An existing ``out_dir`` is replaced only once the new export is complete, so
+    a reader never sees a half-written SavedModel.
+    """
+    out_dir = os.path.normpath(out_dir)
+    parent = os.path.dirname(out_dir) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-export-{uuid.uuid4().hex[:8]}")
+    try:
+        os.makedirs(tmp)
+        vocab_file = os.path.join(tmp, VOCAB_ASSET)
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            f.write("".join(name + "\n" for name in vocab.labels))
+        module = ServingModule(model, vocab, image_size, beam_size, vocab_file=vocab_file)
+        saved = os.path.join(tmp, "sm")
+        tf.saved_model.save(module, saved, signatures=module.signatures())
+        old = None
+        if os.path.exists(out_dir):
+            old = f"{tmp}-old"
+            os.rename(out_dir, old)
+        os.rename(saved, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

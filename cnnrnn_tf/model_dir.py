@@ -1,0 +1,90 @@
+"""MODEL_DIR: everything a reload needs, in one folder.
+
+    MODEL_DIR/model.keras        the Keras model (architecture + weights)
+    MODEL_DIR/vocabulary.json    the label vocabulary, most frequent first
+    MODEL_DIR/config.json        the TrainConfig plus derived values (max_labels, num_train)
+    MODEL_DIR/saved_model/       the SavedModel with the serving signatures
+    MODEL_DIR/metrics.json       evaluation on the --eval data after training
+    MODEL_DIR/history.json       the per-epoch training history
+    MODEL_DIR/logs/              TensorBoard logs
+    MODEL_DIR/backup/            the resume checkpoint while training runs
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict
+
+import keras
+
+from cnnrnn_tf.config import TrainConfig
+from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.vocabulary import LabelVocabulary
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+SAVED_MODEL_DIR = "saved_model"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: keras.Model
+    vocab: LabelVocabulary
+    config: TrainConfig
+    info: Dict[str, Any]
+    path: str
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+
+def write_json(path: str, obj) -> None:
+    """Writes JSON atomically (temporary file, then rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def save_model_dir(path: str, model: keras.Model, vocab: LabelVocabulary,
+                   config: TrainConfig, info: Dict[str, Any]) -> None:
+    os.makedirs(path, exist_ok=True)
+    tmp = os.path.join(path, f".tmp-{os.getpid()}-{MODEL_FILE}")
+    model.save(tmp)
+    os.replace(tmp, os.path.join(path, MODEL_FILE))
+    vocab.save(path)
+    write_json(os.path.join(path, CONFIG_FILE), {"train_config": config.to_dict(), **info})
+
+
+def is_model_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MODEL_FILE))
+
+
+def load_model_dir(path: str, compile: bool = False) -> LoadedModel:
+    """Loads MODEL_DIR; raises InputError naming what is missing or broken."""
+    import cnnrnn_tf.models  # noqa: F401  registers the custom objects
+
+    if not os.path.isdir(path):
+        raise InputError(f"{path}: model folder does not exist")
+    model_file = os.path.join(path, MODEL_FILE)
+    if not os.path.isfile(model_file):
+        raise InputError(f"{path}: no {MODEL_FILE} in this folder (not a trained MODEL_DIR)")
+    try:
+        with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no {CONFIG_FILE} in this folder") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{os.path.join(path, CONFIG_FILE)}: not valid JSON ({exc})") from None
+    config = TrainConfig.from_dict(info.pop("train_config", {}))
+    vocab = LabelVocabulary.load(path)
+    try:
+        model = keras.saving.load_model(model_file, compile=compile)
+    except Exception as exc:  # keras raises many types on a corrupt archive
+        raise InputError(f"{model_file}: cannot load the model ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return LoadedModel(model, vocab, config, info, path)

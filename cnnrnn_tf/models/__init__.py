@@ -1,0 +1,27 @@
+"""Keras models: image encoders, the label decoder, CNN-RNN and the per-label baselines.
+
+Importing this package registers every custom object with Keras, so that
+``keras.saving.load_model`` can rebuild a saved ``.keras`` model.
+"""
+from cnnrnn_tf.models.cnn_rnn import CNNRNN
+from cnnrnn_tf.models.label_decoder import LabelDecoder
+from cnnrnn_tf.models.multilabel_classifier import MultiLabelClassifier
+from cnnrnn_tf.models import encoders  # noqa: F401  registers CaffePreprocess
+
+__all__ = ["CNNRNN", "LabelDecoder", "MultiLabelClassifier", "build_model"]
+
+
+def build_model(config, num_labels: int, max_labels: int):
+    """Builds the model a TrainConfig describes (uncompiled)."""
+    from cnnrnn_tf.models.encoders import build_encoder
+
+    trainable = True if config.fine_tune else None
+    encoder = build_encoder(config.backbone, config.image_size, trainable=trainable,
+                            weights=config.weights, seed=config.seed)
+    if config.model == "cnn-rnn":
+        return CNNRNN(encoder, num_labels, embed_dim=config.embed_dim,
+                      lstm_units=config.lstm_units, max_labels=max_labels,
+                      beam_size=config.beam_size, dropout=config.dropout)
+    return MultiLabelClassifier(encoder, num_labels, max_labels=max_labels,
+                                threshold=config.threshold, dropout=config.dropout,
+                                name=f"{config.model}_classifier")

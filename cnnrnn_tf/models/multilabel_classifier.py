@@ -1,0 +1,61 @@
+"""The per-label baselines: independent sigmoid classifiers on the same encoder."""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="cnnrnn_tf")
+class MultiLabelClassifier(keras.Model):
+    """Encoder + one logistic output per label (the paper's "traditional approach").
+
+    Trained with binary cross-entropy (``bce``) or the asymmetric loss (``asl``).
+    :meth:`decode` keeps the labels whose probability reaches ``threshold``, in
+    descending order of probability, at most ``max_labels``; it returns the same
+    dict as ``CNNRNN.decode`` so the export and evaluation code serve both.
+    """
+
+    model_type = "bce"
+
+    def __init__(self, encoder, num_labels, max_labels=4, threshold=0.5, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.num_labels = int(num_labels)
+        self.max_labels = int(max_labels)
+        self.threshold = float(threshold)
+        self.dropout_rate = float(dropout)
+        self.dropout = keras.layers.Dropout(self.dropout_rate)
+        self.classifier = keras.layers.Dense(self.num_labels, name="label_logits")
+
+    def call(self, inputs, training=None):
+        images = inputs["images"] if isinstance(inputs, dict) else inputs
+        features = self.encoder(images, training=training)
+        return ops.cast(self.classifier(self.dropout(features, training=training)), "float32")
+
+    def decode(self, images, beam_size=None, max_labels=None):
+        """Thresholded label sets; ``beam_size`` is accepted and ignored."""
+        k = min(int(max_labels or self.max_labels), self.num_labels)
+        probs = ops.sigmoid(self.call({"images": images}, training=False))
+        top_probs, top_ids = ops.top_k(probs, k=k, sorted=True)
+        keep = top_probs >= self.threshold
+        label_ids = ops.where(keep, ops.cast(top_ids, "int32"), -1)
+        scores = ops.where(keep, top_probs, 0.0)
+        count = ops.sum(ops.cast(keep, "int32"), axis=-1)
+        log_prob = ops.sum(ops.where(keep, ops.log(ops.maximum(top_probs, 1e-12)), 0.0), axis=-1)
+        return {"label_ids": label_ids, "scores": scores, "label_count": count,
+                "log_prob": log_prob, "probabilities": probs}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            num_labels=self.num_labels, max_labels=self.max_labels,
+            threshold=self.threshold, dropout=self.dropout_rate,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return cls(**config)

@@ -1,0 +1,89 @@
+"""Label sets for image files or bytes, from a MODEL_DIR (what ``cnnrnn predict`` uses)."""
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.evaluation import decode_function
+from cnnrnn_tf.model_dir import load_model_dir
+from cnnrnn_tf.preprocessing import decode_image
+
+
+def read_image_file(path: str) -> bytes:
+    if not os.path.exists(path):
+        raise InputError(f"{path}: image file does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, not an image file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if not data:
+        raise InputError(f"{path}: empty file")
+    return data
+
+
+def decode_image_bytes(data: bytes, image_size: int, name: str = "image") -> np.ndarray:
+    """Decodes one image eagerly, turning TF's errors into an InputError naming it."""
+    try:
+        return decode_image(tf.constant(data), image_size).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        raise InputError(f"{name}: not a decodable PNG/JPEG/GIF/BMP image (or too large)") from None
+
+
+def format_result(name: str, labels: Sequence[str], scores: Sequence[float]) -> Dict:
+    """The JSON line of ``cnnrnn predict --json`` and ``cnnrnn client --json``."""
+    return {"image": name,
+            "labels": [{"label": l, "score": round(float(s), 6)} for l, s in zip(labels, scores)]}
+
+
+class Predictor:
+    def __init__(self, model, vocab, image_size: int, beam_size: Optional[int] = None):
+        self.model = model
+        self.vocab = vocab
+        self.image_size = int(image_size)
+        self._fn = decode_function(model, beam_size)
+
+    @classmethod
+    def from_model_dir(cls, path: str, beam_size: Optional[int] = None) -> "Predictor":
+        loaded = load_model_dir(path)
+        return cls(loaded.model, loaded.vocab, loaded.image_size, beam_size)
+
+    def predict_arrays(self, images: np.ndarray) -> List[List[tuple]]:
+        """float32 [B, S, S, 3] pixels -> per image, a list of (label, score)."""
+        out = self._fn(tf.convert_to_tensor(images, tf.float32))
+        ids, scores = out["label_ids"].numpy(), out["scores"].numpy()
+        results = []
+        for row_ids, row_scores in zip(ids, scores):
+            results.append([(self.vocab.labels[i], float(s))
+                            for i, s in zip(row_ids, row_scores) if i >= 0])
+        return results
+
+    def predict_bytes(self, items: Iterable[tuple], batch_size: int = 32) -> Iterator[Dict]:
+        """items: (name, image bytes) pairs -> JSON-able dicts, in order."""
+        batch: List[np.ndarray] = []
+        names: List[str] = []
+        for name, data in items:
+            batch.append(decode_image_bytes(data, self.image_size, name))
+            names.append(name)
+            if len(batch) == batch_size:
+                yield from self._flush(names, batch)
+                batch, names = [], []
+        if batch:
+            yield from self._flush(names, batch)
+
+    def _flush(self, names, batch):
+        for name, pairs in zip(names, self.predict_arrays(np.stack(batch))):
+            yield format_result(name, [p[0] for p in pairs], [p[1] for p in pairs])
+
+    def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> Iterator[Dict]:
+        # Read and check every file first, so a bad file fails before any output.
+        items = [(p, read_image_file(p)) for p in paths]
+        for name, data in items:
+            decode_image_bytes(data, self.image_size, name)
+        return self.predict_bytes(items, batch_size)

@@ -1,0 +1,172 @@
+"""Training: tf.data input, the model, callbacks, the distribution strategy; writes MODEL_DIR."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from typing import Any, Dict, List, Optional
+
+import keras
+import tensorflow as tf
+
+from cnnrnn_tf import __version__
+from cnnrnn_tf.config import TrainConfig, default_epochs
+from cnnrnn_tf.dataset import choose_max_labels, make_dataset, scan_labels
+from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.model_dir import (HISTORY_FILE, METRICS_FILE, SAVED_MODEL_DIR, is_model_dir,
+                                 save_model_dir, write_json)
+from cnnrnn_tf.vocabulary import LabelVocabulary
+
+log = logging.getLogger(__name__)
+BACKUP_DIR = "backup"
+LOG_DIR = "logs"
+
+
+def choose_strategy(devices: Optional[List[str]] = None) -> tf.distribute.Strategy:
+    """MirroredStrategy over several GPUs (or the given devices), one GPU, or the CPU."""
+    if devices:
+        return tf.distribute.MirroredStrategy(devices) if len(devices) > 1 \
+            else tf.distribute.OneDeviceStrategy(devices[0])
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    if len(gpus) == 1:
+        return tf.distribute.OneDeviceStrategy(gpus[0].name)
+    return tf.distribute.get_strategy()
+
+
+@contextlib.contextmanager
+def precision_policy(mixed: bool):
+    """Sets the mixed_float16 policy for the block (GPU), restoring the old one."""
+    old = keras.config.dtype_policy()
+    if mixed:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.learning_rate)
+    return keras.optimizers.RMSprop(config.learning_rate)  # the paper's choice
+
+
+def make_loss(config: TrainConfig):
+    from cnnrnn_tf.losses import AsymmetricLoss, sequence_crossentropy
+
+    if config.model == "cnn-rnn":
+        return sequence_crossentropy()
+    if config.model == "asl":
+        return AsymmetricLoss()
+    return keras.losses.BinaryCrossentropy(from_logits=True)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: keras.Model
+    vocab: LabelVocabulary
+    config: TrainConfig
+    info: Dict[str, Any]
+    history: Dict[str, List[float]]
+    metrics: Optional[Dict[str, Any]] = None
+
+
+def train(
+    config: TrainConfig,
+    train_data,
+    eval_data,
+    out_dir: str,
+    *,
+    vocab: Optional[LabelVocabulary] = None,
+    strategy: Optional[tf.distribute.Strategy] = None,
+    export: bool = True,
+    evaluate_after: bool = True,
+    verbose: int = 1,
+    extra_callbacks: Optional[List[keras.callbacks.Callback]] = None,
+) -> TrainResult:
+    """Trains the model ``config`` describes and writes MODEL_DIR ``out_dir``.
+
+    ``train_data`` / ``eval_data``: a data folder, a glob pattern or a list of shard
+    files. The vocabulary is built from the training labels unless given (the TFX
+    Trainer passes the one Transform computed). An interrupted run resumes from
+    ``out_dir/backup`` when started again with the same arguments.
+    """
+    if is_model_dir(out_dir):
+        raise InputError(f"{out_dir}: already holds a trained model; choose another --out")
+    t0 = time.time()
+    train_stats = scan_labels(train_data)
+    eval_stats = scan_labels(eval_data)
+    vocab = vocab or train_stats.vocabulary()
+    max_labels = choose_max_labels(train_stats, config.max_labels)
+    epochs = config.epochs or default_epochs(train_stats.num_examples)
+    mode = "sequence" if config.model == "cnn-rnn" else "multi_hot"
+    common = dict(vocab=vocab, mode=mode, image_size=config.image_size,
+                  batch_size=config.batch_size, max_labels=max_labels,
+                  label_order=config.label_order, seed=config.seed)
+    # Keep decoded images in memory only when they fit comfortably.
+    cache = train_stats.num_examples * config.image_size ** 2 * 3 < (2 << 30)
+    train_ds = make_dataset(train_data, training=True, augment=config.augment,
+                            cache=cache, **common)
+    eval_ds = make_dataset(eval_data, training=False, cache=cache, **common)
+    if config.steps_per_epoch:
+        train_ds = train_ds.repeat()
+    os.makedirs(out_dir, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    strategy = strategy or choose_strategy()
+    from cnnrnn_tf.models import build_model
+
+    with precision_policy(config.mixed_precision), strategy.scope():
+        model = build_model(config, len(vocab), max_labels)
+        sample_inputs, _ = next(iter(eval_ds.take(1)))
+        model(sample_inputs)  # build the weights (BackupAndRestore needs a built model)
+        model.compile(optimizer=make_optimizer(config), loss=make_loss(config))
+        callbacks: List[keras.callbacks.Callback] = [
+            keras.callbacks.BackupAndRestore(os.path.join(out_dir, BACKUP_DIR)),
+            keras.callbacks.TensorBoard(os.path.join(out_dir, LOG_DIR), update_freq="epoch"),
+        ]
+        if config.early_stopping_patience is not None:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.early_stopping_patience,
+                restore_best_weights=True, verbose=min(verbose, 1)))
+        callbacks += extra_callbacks or []
+        if verbose:
+            print(f"Training {config.model} ({config.backbone}, {config.image_size}px) on "
+                  f"{train_stats.num_examples} images, {len(vocab)} labels, "
+                  f"up to {max_labels} per image, {epochs} epochs max.", flush=True)
+        history = model.fit(
+            train_ds, validation_data=eval_ds, epochs=epochs,
+            steps_per_epoch=config.steps_per_epoch, validation_steps=config.validation_steps,
+            callbacks=callbacks, verbose=verbose,
+        )
+    train_seconds = time.time() - t0
+    info = {
+        "library_version": __version__,
+        "max_labels": max_labels,
+        "num_train": train_stats.num_examples,
+        "num_eval": eval_stats.num_examples,
+        "epochs_run": len(history.history.get("loss", [])),
+        "epochs_max": epochs,
+        "train_seconds": round(train_seconds, 1),
+    }
+    save_model_dir(out_dir, model, vocab, config, info)
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    write_json(os.path.join(out_dir, HISTORY_FILE), hist)
+    shutil.rmtree(os.path.join(out_dir, BACKUP_DIR), ignore_errors=True)
+    result = TrainResult(model, vocab, config, info, hist)
+    if export:
+        from cnnrnn_tf.export import export_saved_model
+
+        export_saved_model(model, vocab, config.image_size,
+                           os.path.join(out_dir, SAVED_MODEL_DIR), beam_size=config.beam_size)
+    if evaluate_after:
+        from cnnrnn_tf.evaluation import evaluate_model
+
+        result.metrics = evaluate_model(model, vocab, eval_data, config.image_size,
+                                        beam_size=config.beam_size)
+        write_json(os.path.join(out_dir, METRICS_FILE), result.metrics)
+    return result

@@ -1,0 +1,143 @@
+"""Unit tests of the label decoder, CNN-RNN, the baselines and the losses."""
+import numpy as np
+import keras
+import pytest
+import tensorflow as tf
+
+from cnnrnn_tf.losses import AsymmetricLoss, sequence_crossentropy
+from cnnrnn_tf.models import CNNRNN, LabelDecoder, MultiLabelClassifier
+from cnnrnn_tf.vocabulary import END_ID, START_ID
+
+
+def tiny_encoder(size=16, name="tiny_encoder"):
+    inputs = keras.Input((size, size, 3), name="pixels")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def random_images(n=3, size=16, seed=0):
+    return np.random.RandomState(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+def test_decoder_config_round_trip_and_shapes():
+    dec = LabelDecoder(7, embed_dim=8, lstm_units=12, dropout=0.2, mask_seen=False)
+    clone = LabelDecoder.from_config(dec.get_config())
+    assert clone.get_config() == dec.get_config()
+    logits = dec(np.ones((2, 5), "float32"), np.array([[1, 3, 0], [1, 2, 4]]))
+    assert logits.shape == (2, 3, 7)
+
+
+def test_decoder_start_never_scored_and_seen_labels_masked():
+    dec = LabelDecoder(6, embed_dim=4, lstm_units=8)
+    logits = np.asarray(dec(np.ones((1, 3), "float32"), np.array([[START_ID, 3, 4, END_ID]])))
+    assert (logits[0, :, START_ID] < -1e8).all()
+    # label 3 was the input at step 1, so it is masked from step 1 on, not before.
+    assert logits[0, 0, 3] > -1e8
+    assert (logits[0, 1:, 3] < -1e8).all()
+    assert (logits[0, 2:, 4] < -1e8).all()
+    assert (logits[0, :, END_ID] > -1e8).all()
+
+
+def test_decoder_step_matches_teacher_forcing():
+    dec = LabelDecoder(7, embed_dim=8, lstm_units=16, mask_seen=False)
+    feats = np.random.RandomState(0).rand(2, 5).astype("float32")
+    tokens = np.array([[START_ID, 3, 4], [START_ID, 2, 6]])
+    full = np.asarray(dec(feats, tokens))
+    state = dec.initial_state(feats)
+    for t in range(3):
+        logits, state = dec.step(tokens[:, t], state)
+        np.testing.assert_allclose(np.asarray(logits), full[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_scores_are_tied_to_label_embeddings():
+    dec = LabelDecoder(5, embed_dim=4, lstm_units=4, mask_seen=False)
+    feats = np.ones((1, 3), "float32")
+    before = np.asarray(dec(feats, np.array([[START_ID]])))
+    table = dec.label_embedding.embeddings
+    scale = np.ones((5, 1), "float32")
+    scale[END_ID] = 2.0
+    table.assign(table * scale)  # END's row doubles; END is never an input, so only its score moves
+    after = np.asarray(dec(feats, np.array([[START_ID]])))
+    np.testing.assert_allclose(after[0, 0, END_ID], 2 * before[0, 0, END_ID], rtol=1e-4)
+    np.testing.assert_allclose(after[0, 0, 2:], before[0, 0, 2:], rtol=1e-5)
+
+
+def make_cnn_rnn(num_labels=4, max_labels=3):
+    model = CNNRNN(tiny_encoder(), num_labels, embed_dim=8, lstm_units=16,
+                   max_labels=max_labels, beam_size=2)
+    inputs = {"images": random_images(2), "label_inputs": np.array([[1, 2, 3, 0], [1, 4, 0, 0]])}
+    model(inputs)
+    return model, inputs
+
+
+def test_cnn_rnn_keras_round_trip_identical(tmp_path):
+    model, inputs = make_cnn_rnn()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(np.asarray(model(inputs)), np.asarray(loaded(inputs)))
+    a, b = model.decode(inputs["images"]), loaded.decode(inputs["images"])
+    for key in a:
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+    assert loaded.get_config()["max_labels"] == 3
+
+
+def test_cnn_rnn_decode_outputs_and_one_fit_step():
+    model, inputs = make_cnn_rnn(num_labels=4, max_labels=3)
+    out = model.decode(inputs["images"], beam_size=3)
+    ids = np.asarray(out["label_ids"])
+    assert ids.shape == (2, 3) and ids.min() >= -1 and ids.max() < 4
+    counts = np.asarray(out["label_count"])
+    np.testing.assert_array_equal(counts, (ids >= 0).sum(1))
+    probs = np.asarray(out["probabilities"])
+    assert probs.shape == (2, 4) and (probs >= 0).all() and (probs <= 1).all()
+    for row in ids:  # a set: no label twice
+        kept = row[row >= 0]
+        assert len(set(kept)) == len(kept)
+    model.compile(optimizer="rmsprop", loss=sequence_crossentropy())
+    targets = np.array([[2, 3, 0, -1], [4, 0, -1, -1]])
+    before = model.evaluate(inputs, targets, verbose=0)
+    model.fit(inputs, targets, epochs=3, verbose=0)
+    assert model.evaluate(inputs, targets, verbose=0) < before
+
+
+def test_sequence_loss_ignores_padding():
+    loss = sequence_crossentropy()
+    logits = np.zeros((1, 3, 4), "float32")
+    logits[0, 2] = [0, 50, 0, 0]  # a terrible prediction on a padded step
+    targets = np.array([[2, 0, -1]])
+    assert float(loss(targets, logits)) == pytest.approx(np.log(4), rel=1e-5)
+
+
+def test_multilabel_classifier_round_trip_and_threshold(tmp_path):
+    model = MultiLabelClassifier(tiny_encoder(), 5, max_labels=3, threshold=0.5)
+    images = random_images(2)
+    model({"images": images})
+    model.classifier.bias.assign([3.0, -3.0, 2.0, 1.0, 0.5])
+    model.classifier.kernel.assign(np.zeros_like(model.classifier.kernel.numpy()))
+    out = model.decode(images)
+    # sigmoid(bias) = .95, .05, .88, .73, .62: top-3 above 0.5 in order 0, 2, 3
+    np.testing.assert_array_equal(np.asarray(out["label_ids"]), [[0, 2, 3], [0, 2, 3]])
+    np.testing.assert_array_equal(np.asarray(out["label_count"]), [3, 3])
+    path = str(tmp_path / "b.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(np.asarray(loaded({"images": images})),
+                                  np.asarray(model({"images": images})))
+
+
+def test_asymmetric_loss_matches_hand_value_and_reduces_to_bce():
+    y = np.array([[1.0, 0.0]], "float32")
+    logits = np.array([[0.0, 2.0]], "float32")
+    p = 1 / (1 + np.exp(-2.0))
+    # gamma_neg=1, clip=0.1: pos term -log(0.5); neg term -(p-0.1)^1 * log(1-(p-0.1))
+    expected = -np.log(0.5) - (p - 0.1) * np.log(1 - (p - 0.1))
+    got = float(AsymmetricLoss(gamma_neg=1, gamma_pos=0, clip=0.1)(y, logits))
+    assert got == pytest.approx(expected, rel=1e-5)
+    plain = AsymmetricLoss(gamma_neg=0, gamma_pos=0, clip=0)(y, logits)
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)(y, logits) * 2  # sum vs mean
+    assert float(plain) == pytest.approx(float(bce), rel=1e-5)
+    clone = AsymmetricLoss.from_config(AsymmetricLoss(gamma_neg=2).get_config())
+    assert clone.gamma_neg == 2

@@ -1,0 +1,101 @@
+"""Component tests: train on tiny data -> MODEL_DIR -> SavedModel -> signatures."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cnnrnn_tf import schema
+from cnnrnn_tf.config import TrainConfig
+from cnnrnn_tf.evaluation import predict_dataset
+from cnnrnn_tf.model_dir import load_model_dir
+from cnnrnn_tf.training import train
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(image_size=32, batch_size=16, epochs=2, lstm_units=32, embed_dim=16, beam_size=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from tests.conftest import synthetic_records
+
+    root = tmp_path_factory.mktemp("trained")
+    schema.write_records(str(root / "train"), synthetic_records(64, seed=1), records_per_shard=32)
+    schema.write_records(str(root / "test"), synthetic_records(24, seed=2))
+    out = str(root / "model")
+    result = train(TrainConfig(**TINY), str(root / "train"), str(root / "test"), out, verbose=0)
+    return root, out, result
+
+
+def test_model_dir_contents_and_metrics(trained):
+    root, out, result = trained
+    for name in ("model.keras", "vocabulary.json", "config.json", "metrics.json",
+                 "history.json", "saved_model/saved_model.pb", "saved_model/assets/vocabulary.txt"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert not os.path.exists(os.path.join(out, "backup"))
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    for key in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["num_images"] == 24
+    info = json.load(open(os.path.join(out, "config.json")))
+    assert info["train_config"]["image_size"] == 32 and info["max_labels"] == 4
+    assert len(result.history["loss"]) == 2
+
+
+def test_reload_gives_identical_predictions(trained):
+    root, out, result = trained
+    loaded = load_model_dir(out)
+    a = predict_dataset(result.model, result.vocab, str(root / "test"), 32)
+    b = predict_dataset(loaded.model, loaded.vocab, str(root / "test"), 32)
+    np.testing.assert_array_equal(a.label_ids, b.label_ids)
+    np.testing.assert_array_equal(a.y_score, b.y_score)
+
+
+def test_saved_model_signatures_match_keras(trained):
+    root, out, result = trained
+    sm = tf.saved_model.load(os.path.join(out, "saved_model"))
+    assert {"serving_default", "predict_images", "label_scores"} <= set(sm.signatures)
+    records = list(schema.iter_records(str(root / "test")))
+    serialized = tf.constant([schema.make_example(r.image, r.labels).SerializeToString()
+                              for r in records])
+    outs = sm.signatures["serving_default"](examples=serialized)
+    assert set(outs) == {"labels", "scores", "label_count"}
+    assert outs["labels"].dtype == tf.string and outs["label_count"].dtype == tf.int32
+    keras_preds = predict_dataset(result.model, result.vocab, str(root / "test"), 32)
+    vocab = result.vocab.labels
+    for row, (labels, count) in enumerate(zip(outs["labels"].numpy(), outs["label_count"].numpy())):
+        got = [l.decode() for l in labels[:count]]
+        want = [vocab[i] for i in keras_preds.label_ids[row] if i >= 0]
+        assert got == want
+        assert all(l == b"" for l in labels[count:])
+    by_bytes = sm.signatures["predict_images"](images=tf.constant([r.image for r in records]))
+    np.testing.assert_array_equal(by_bytes["labels"].numpy(), outs["labels"].numpy())
+    np.testing.assert_allclose(by_bytes["scores"].numpy(), outs["scores"].numpy(), atol=1e-5)
+    probs = sm.signatures["label_scores"](examples=serialized)["probabilities"].numpy()
+    assert probs.shape == (len(records), len(vocab))
+    np.testing.assert_allclose(probs, keras_preds.y_score, atol=1e-5)
+    empty = sm.signatures["predict_images"](images=tf.constant([], tf.string))
+    assert empty["labels"].shape[0] == 0
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        sm.signatures["predict_images"](images=tf.constant([b"not an image"]))
+
+
+def test_bce_baseline_trains_and_exports(tmp_path, tiny_data):
+    out = str(tmp_path / "bce")
+    result = train(TrainConfig(model="bce", **TINY), str(tiny_data / "train"),
+                   str(tiny_data / "test"), out, verbose=0)
+    sm = tf.saved_model.load(os.path.join(out, "saved_model"))
+    rec = next(schema.iter_records(str(tiny_data / "test")))
+    outs = sm.signatures["predict_images"](images=tf.constant([rec.image]))
+    assert outs["labels"].shape == (1, 4)
+    assert 0.0 <= result.metrics["OF1"] <= 1.0
+
+
+def test_training_refuses_a_finished_model_dir(trained, tmp_path):
+    from cnnrnn_tf.errors import InputError
+
+    root, out, _ = trained
+    with pytest.raises(InputError, match="already holds a trained model"):
+        train(TrainConfig(**TINY), str(root / "train"), str(root / "test"), out, verbose=0)
