@@ -315,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="the pipeline definition JSON to write")
     p.set_defaults(func=cmd_pipeline_compile)
 
+    from cnnrnn_tf.serving.commands import add_serving_commands
+
+    add_serving_commands(sub, Parser)
+
     p = sub.add_parser("main-job", help="the README's main job (what 'make run' calls)")
     p.add_argument("--work-dir", default="runs/default")
     p.add_argument("--train", type=positive_int, default=None)

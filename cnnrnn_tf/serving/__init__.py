@@ -1,0 +1,1 @@
+"""Serving: a TF Serving gRPC client and a local PredictionService server for development."""

@@ -1,0 +1,118 @@
+"""The CLI end to end on tiny data, and its answers to bad input."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cnnrnn_tf.cli import main
+from tests.conftest import jpeg_bytes, png_bytes, synthetic_image
+
+pytestmark = pytest.mark.slow
+
+
+def make_csv(folder, n, seed):
+    rng = np.random.RandomState(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "imgs").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n):
+        labels = [s for s in ("red", "green", "blue") if rng.rand() < 0.5] or ["green"]
+        if "blue" in labels and rng.rand() < 0.6:
+            labels.append("bar")
+        name = f"imgs/{seed}_{i}.png" if i % 3 else f"imgs/{seed}_{i}.jpg"
+        data = png_bytes if name.endswith(".png") else jpeg_bytes
+        (folder / name).write_bytes(data(synthetic_image(labels, seed=seed * 1000 + i)))
+        rows.append((name, "|".join(labels)))
+    with open(folder / "data.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "labels"])
+        writer.writerows(rows)
+    return folder / "data.csv"
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["data", "from-csv", "--csv", str(make_csv(root / "a", 48, 1)),
+                 "--out", str(root / "train")]) == 0
+    assert main(["data", "from-csv", "--csv", str(make_csv(root / "b", 16, 2)),
+                 "--out", str(root / "test")]) == 0
+    assert main(["train", "--train", str(root / "train"), "--eval", str(root / "test"),
+                 "--out", str(root / "model"), "--image-size", "32", "--epochs", "1",
+                 "--batch-size", "16", "--verbose", "0"]) == 0
+    return root
+
+
+def test_evaluate_json(cli_model, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(cli_model / "model"),
+                 "--data", str(cli_model / "test"), "--json", "--beam-size", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
+        assert 0.0 <= result[key] <= 1.0
+    assert set(result["top3"]) >= {"CP", "CR", "CF1", "OP", "OR", "OF1"}
+    assert result["num_images"] == 16 and result["num_classes_evaluated"] >= 3
+
+
+def test_predict_json_lines(cli_model, capsys):
+    images = sorted(str(p) for p in (cli_model / "b" / "imgs").iterdir())[:3]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(cli_model / "model"), "--json", *images]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert [l["image"] for l in lines] == images
+    vocab = json.load(open(cli_model / "model" / "vocabulary.json"))["labels"]
+    for line in lines:
+        names = [x["label"] for x in line["labels"]]
+        assert len(set(names)) == len(names) and set(names) <= set(vocab)
+        assert all(0.0 <= x["score"] <= 1.0 for x in line["labels"])
+
+
+def test_export(cli_model, capsys):
+    out = cli_model / "exported"
+    assert main(["export", "--model", str(cli_model / "model"), "--out", str(out)]) == 0
+    assert (out / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--train", "NOPE", "--eval", "NOPE", "--out", "x"], "NOPE: data folder does not exist"),
+    (["evaluate", "--model", "NOPE", "--data", "x"], "NOPE: model folder does not exist"),
+    (["data", "from-csv", "--csv", "NOPE.csv", "--out", "x"], "NOPE.csv"),
+])
+def test_bad_paths_give_one_line_errors(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--train", "a", "--eval", "b", "--out", "c", "--epochs", "0"], "--epochs"),
+    (["train", "--train", "a", "--eval", "b", "--out", "c", "--batch-size", "x"], "--batch-size"),
+    (["train", "--train", "a", "--eval", "b", "--out", "c", "--model", "svm"], "--model"),
+    (["train", "--train", "a", "--eval", "b", "--out", "c", "--label-order", "abc"], "--label-order"),
+    (["train", "--train", "a", "--eval", "b", "--out", "c", "--backbone", "vgg19"], "--backbone"),
+    (["evaluate", "--model", "m", "--data", "d", "--beam-size", "-1"], "--beam-size"),
+    (["data", "fashion-outfits", "--out", "o", "--train", "ten"], "--train"),
+])
+def test_invalid_flags(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_predict_bad_images(cli_model, capsys, tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_bytes(b"hello, not an image")
+    good = str(sorted((cli_model / "b" / "imgs").iterdir())[0])
+    for name, needle in (("missing.png", "does not exist"), ("empty.png", "empty file"),
+                         ("text.png", "not a decodable")):
+        capsys.readouterr()
+        assert main(["predict", "--model", str(cli_model / "model"), good,
+                     str(tmp_path / name)]) == 2
+        out = capsys.readouterr()
+        assert out.out == ""  # checked before any output
+        assert needle in out.err and name in out.err
