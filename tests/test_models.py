@@ -141,3 +141,19 @@ def test_asymmetric_loss_matches_hand_value_and_reduces_to_bce():
     assert float(plain) == pytest.approx(float(bce), rel=1e-5)
     clone = AsymmetricLoss.from_config(AsymmetricLoss(gamma_neg=2).get_config())
     assert clone.gamma_neg == 2
+
+
+def test_mixed_precision_fit_and_decode():
+    from cnnrnn_tf.training import precision_policy
+
+    with precision_policy(True):
+        model, inputs = make_cnn_rnn()
+        assert model.decoder.compute_dtype == "float16"
+        model.compile(optimizer="rmsprop", loss=sequence_crossentropy())
+        targets = np.array([[2, 3, 0, -1], [4, 0, -1, -1]])
+        logits = model(inputs)
+        assert logits.dtype == "float32"  # the softmax and the loss stay in float32
+        model.fit(inputs, targets, epochs=1, verbose=0)
+        out = model.decode(inputs["images"])
+        assert np.isfinite(np.asarray(out["probabilities"])).all()
+    assert keras.config.dtype_policy().name == "float32"
