@@ -86,13 +86,15 @@ class TrainConfig:
 
 
 def default_epochs(num_train: int) -> int:
-    """Epochs when none are given: about 120k image presentations, 8 to 60 epochs.
+    """Epochs when none are given: about 80k image presentations, 6 to 40 epochs.
 
-    Early stopping on the validation loss usually ends the run sooner.
+    Measured on the default data (10k scenes, small CNN): the validation loss is
+    lowest after about 5-8 epochs and the model overfits after that. Early
+    stopping on the validation loss (restoring the best weights) guards the rest.
     """
     if num_train <= 0:
         return 1
-    return int(min(60, max(8, round(120_000 / num_train))))
+    return int(min(40, max(6, round(80_000 / num_train))))
 
 
 def _choice(flag, value, choices):

@@ -50,10 +50,18 @@ def precision_policy(mixed: bool):
         keras.config.set_dtype_policy(old)
 
 
-def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
+    """RMSprop (the paper's) or Adam, with a cosine decay over the planned steps.
+
+    Without the decay, RMSprop at 1e-3 leaves the validation loss of the
+    BatchNorm encoder jumping between epochs; the decay settles it.
+    """
+    lr = config.learning_rate
+    if total_steps:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps, alpha=0.02)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(config.learning_rate)
-    return keras.optimizers.RMSprop(config.learning_rate)  # the paper's choice
+        return keras.optimizers.Adam(lr)
+    return keras.optimizers.RMSprop(lr)
 
 
 def make_loss(config: TrainConfig):
@@ -88,6 +96,7 @@ def train(
     evaluate_after: bool = True,
     verbose: int = 1,
     extra_callbacks: Optional[List[keras.callbacks.Callback]] = None,
+    initial_model: Optional[keras.Model] = None,
 ) -> TrainResult:
     """Trains the model ``config`` describes and writes MODEL_DIR ``out_dir``.
 
@@ -95,6 +104,9 @@ def train(
     files. The vocabulary is built from the training labels unless given (the TFX
     Trainer passes the one Transform computed). An interrupted run resumes from
     ``out_dir/backup`` when started again with the same arguments.
+    ``initial_model``: train this model (e.g. from ``cnnrnn_tf.finetune``) instead of
+    building a fresh one; its number of labels must match the vocabulary. Create it
+    inside ``strategy.scope()`` when training on several GPUs.
     """
     if is_model_dir(out_dir):
         raise InputError(f"{out_dir}: already holds a trained model; choose another --out")
@@ -121,10 +133,17 @@ def train(
     from cnnrnn_tf.models import build_model
 
     with precision_policy(config.mixed_precision), strategy.scope():
-        model = build_model(config, len(vocab), max_labels)
+        if initial_model is None:
+            model = build_model(config, len(vocab), max_labels)
+        elif getattr(initial_model, "num_labels", len(vocab)) != len(vocab):
+            raise ValueError(f"initial_model has {initial_model.num_labels} labels, "
+                             f"the vocabulary {len(vocab)}")
+        else:
+            model = initial_model
         sample_inputs, _ = next(iter(eval_ds.take(1)))
         model(sample_inputs)  # build the weights (BackupAndRestore needs a built model)
-        model.compile(optimizer=make_optimizer(config), loss=make_loss(config))
+        steps = config.steps_per_epoch or -(-train_stats.num_examples // config.batch_size)
+        model.compile(optimizer=make_optimizer(config, steps * epochs), loss=make_loss(config))
         callbacks: List[keras.callbacks.Callback] = [
             keras.callbacks.BackupAndRestore(os.path.join(out_dir, BACKUP_DIR)),
             keras.callbacks.TensorBoard(os.path.join(out_dir, LOG_DIR), update_freq="epoch"),
