@@ -176,6 +176,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from cnnrnn_tf.report import write_report
+
+    path = write_report(args.model, args.data, args.out, beam_size=args.beam_size)
+    print(f"report written to {path}")
+    return 0
+
+
 def _pipeline_module():
     try:
         import cnnrnn_pipeline.cli as pipeline_cli
@@ -294,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--beam-size", type=positive_int, default=None)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="plots and a report.md for a MODEL_DIR on a data folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="REPORT_DIR to write (report.md + PNG plots)")
+    p.add_argument("--beam-size", type=positive_int, default=None)
+    p.set_defaults(func=cmd_report)
 
     pipe = sub.add_parser("pipeline", help="the TFX pipeline (needs the [pipeline] extra)")
     psub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", parser_class=Parser)

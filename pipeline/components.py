@@ -1,0 +1,53 @@
+"""AnomalyGate: stops the run when ExampleValidator found anomalies.
+
+ExampleValidator in TFX 1.16 only *records* anomalies (the ``anomalies``
+artifact, ``SchemaDiff.pb`` per split, plus a ``blessed`` custom property); it
+has no option to fail, and nothing downstream reads it. This tiny Python
+component reads the anomalies of every split and raises with a one-line message
+naming them; Transform and Trainer are wired after it (``add_upstream_node``),
+so a run over bad examples stops before them and the Pusher never runs.
+"""
+import os
+from typing import List, TypedDict
+
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tfx import v1 as tfx
+from tfx.types import artifact_utils
+
+ANOMALIES_FILE = "SchemaDiff.pb"
+MESSAGE_PREFIX = "data anomalies"
+
+
+def describe_anomalies(artifact) -> List[str]:
+    """One line per anomaly: ``split 'eval': image/labels: <short description> (<description>)``."""
+    lines = []
+    for split in artifact_utils.decode_split_names(artifact.split_names):
+        path = os.path.join(artifact_utils.get_split_uri([artifact], split), ANOMALIES_FILE)
+        if not os.path.exists(path):
+            continue
+        anomalies = anomalies_pb2.Anomalies()
+        with open(path, "rb") as f:
+            anomalies.ParseFromString(f.read())
+        for feature, info in sorted(anomalies.anomaly_info.items()):
+            lines.append(f"split {split!r}: {feature}: {info.short_description} "
+                         f"({info.description})")
+        if anomalies.HasField("dataset_anomaly_info"):
+            info = anomalies.dataset_anomaly_info
+            lines.append(f"split {split!r}: dataset: {info.short_description} "
+                         f"({info.description})")
+    return lines
+
+
+class GateOutputs(TypedDict):
+    clean: int
+
+
+@tfx.dsl.components.component
+def AnomalyGate(  # noqa: N802 (component names are classes)
+    anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+) -> GateOutputs:
+    """Raises RuntimeError naming the anomalies, if any; returns ``clean=1`` otherwise."""
+    lines = describe_anomalies(anomalies)
+    if lines:
+        raise RuntimeError(f"{MESSAGE_PREFIX}: " + "; ".join(lines))
+    return {"clean": 1}

@@ -1,0 +1,84 @@
+"""The curated schema that ExampleValidator checks every split against.
+
+SchemaGen would infer a schema from whatever data arrives, so a broken data set
+would validate against its own mistakes. The pipeline instead imports a curated
+schema (ImportSchemaGen): the one SchemaGen inferred on the default data, then
+tightened by hand (``schema/schema.pbtxt`` is the checked-in copy for the
+default Fashion-outfits data):
+
+* ``image/encoded``: bytes, in every example (presence min_fraction 1), exactly one value;
+* ``image/labels``: bytes, in every example, at least one value, every value in the
+  string domain ``labels``;
+* ``image/id``: bytes, optional, exactly one value when present.
+
+The label domain differs per data set, so :func:`write_schema` derives it from
+the labels of the *training* split at pipeline-creation time and writes the
+schema under the pipeline root, at a path named after its content (so that
+ImportSchemaGen, whose cache key is the path, re-runs when the labels change).
+A label that occurs in the eval split but not in the training split is then an
+``ENUM_TYPE_UNEXPECTED_STRING_VALUES`` anomaly; a missing ``image/labels`` is a
+``FEATURE_TYPE_LOW_FRACTION_PRESENT`` anomaly. In hash-split mode (one folder)
+the domain comes from the whole folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Iterable
+
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from cnnrnn_tf import schema as tfexample_schema
+from cnnrnn_tf.dataset import scan_labels
+
+LABEL_DOMAIN = "labels"
+SCHEMA_FILE = "schema.pbtxt"
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", SCHEMA_FILE)
+
+
+def curated_schema(label_names: Iterable[str]) -> schema_pb2.Schema:
+    """The tightened schema with the label domain ``label_names`` (sorted)."""
+    s = schema_pb2.Schema()
+    image = s.feature.add(name=tfexample_schema.IMAGE_KEY, type=schema_pb2.BYTES)
+    image.presence.min_fraction = 1.0
+    image.presence.min_count = 1
+    image.value_count.min = 1
+    image.value_count.max = 1
+    labels = s.feature.add(name=tfexample_schema.LABELS_KEY, type=schema_pb2.BYTES,
+                           domain=LABEL_DOMAIN)
+    labels.presence.min_fraction = 1.0
+    labels.presence.min_count = 1
+    labels.value_count.min = 1
+    image_id = s.feature.add(name=tfexample_schema.ID_KEY, type=schema_pb2.BYTES)
+    image_id.presence.min_count = 0
+    image_id.value_count.min = 1
+    image_id.value_count.max = 1
+    domain = s.string_domain.add(name=LABEL_DOMAIN)
+    domain.value.extend(sorted(set(label_names)))
+    return s
+
+
+def schema_text(label_names: Iterable[str]) -> str:
+    return text_format.MessageToString(curated_schema(label_names))
+
+
+def write_schema(train_data, out_root: str) -> str:
+    """Writes the schema for the labels of ``train_data`` under ``out_root``; returns its path.
+
+    ``train_data``: a data folder, glob pattern or list of shards. The path is
+    ``out_root/schema/<content hash>/schema.pbtxt``; an existing file is reused.
+    """
+    stats = scan_labels(train_data, require_labels=False)  # TFDV reports missing labels
+    labels = sorted({name for names in stats.label_lists for name in names})
+    text = schema_text(labels)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    folder = os.path.join(out_root, "schema", digest)
+    path = os.path.join(folder, SCHEMA_FILE)
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return path

@@ -1,0 +1,173 @@
+"""``create_pipeline``: the TFX pipeline as a pure function of its arguments.
+
+    ImportExampleGen -> StatisticsGen -> ExampleValidator <- ImportSchemaGen (curated)
+                                              |
+                                         AnomalyGate (raises on anomalies)
+                                              |
+                     Transform (label vocabulary) -> Trainer (cnnrnn_tf.training.train)
+                                                        |
+    latest blessed model (Resolver) ----------------> Evaluator (TFMA) -> Pusher
+
+* ImportExampleGen reads the GZIP ``*.tfrecord.gz`` shards as they are (Beam's
+  ReadFromTFRecord detects the compression from the ``.gz`` suffix), either the
+  ``train/`` and ``test/`` folders as the splits ``train`` / ``eval``
+  (``split="presplit"``) or one folder hash-split 4:1 (``split="hash"``).
+* The schema is imported, not inferred: see :mod:`cnnrnn_pipeline.curated_schema`.
+* ExampleValidator records anomalies; :class:`~cnnrnn_pipeline.components.AnomalyGate`
+  turns them into a failed run before Transform and Trainer.
+* Transform computes only the frequency-ordered label vocabulary (no
+  materialization); the Trainer reads the raw examples (see cnnrnn_tf.tfx_module).
+* The Evaluator scores the ``eval`` split with the model's ``eval_predictions``
+  signature (labels from ``eval_labels``) using
+  :class:`cnnrnn_pipeline.tfma_metrics.MultiLabelMetrics`; it blesses a model whose
+  OF1 (and optionally mAP) clears ``min_of1`` / ``min_map`` and whose OF1 is not
+  lower than the latest blessed model's by more than ``max_of1_decrease``.
+* The Pusher copies a blessed model to ``<serving_dir>/<model_name>/<version>/``
+  (the TF Serving layout).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from cnnrnn_tf import __version__
+from cnnrnn_tf.export import EVAL_SIGNATURES
+from cnnrnn_tf.tfx_module import TRAIN_CONFIG_KEY, VERSION_KEY
+from cnnrnn_pipeline.components import AnomalyGate
+from cnnrnn_pipeline.curated_schema import TEMPLATE
+from cnnrnn_pipeline.tfma_metrics import metrics_config
+
+MODULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "module_file.py")
+RUN_FN = "cnnrnn_tf.tfx_module.run_fn"
+PREPROCESSING_FN = "cnnrnn_tf.tfx_module.preprocessing_fn"
+SPLITS = ("presplit", "hash")
+# Folder names inside data_root for split="presplit", and the shard pattern.
+TRAIN_DIR, TEST_DIR, SHARD_PATTERN = "train", "test", "*.tfrecord.gz"
+
+
+def example_gen_configs(split: str):
+    """(input_config, output_config) of ImportExampleGen for a split mode."""
+    if split == "presplit":
+        input_config = tfx.proto.Input(splits=[
+            tfx.proto.Input.Split(name="train", pattern=f"{TRAIN_DIR}/{SHARD_PATTERN}"),
+            tfx.proto.Input.Split(name="eval", pattern=f"{TEST_DIR}/{SHARD_PATTERN}"),
+        ])
+        return input_config, None
+    if split == "hash":
+        input_config = tfx.proto.Input(splits=[
+            tfx.proto.Input.Split(name="single_split", pattern=SHARD_PATTERN)])
+        output_config = tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
+            tfx.proto.SplitConfig.Split(name="train", hash_buckets=4),
+            tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1),
+        ]))
+        return input_config, output_config
+    raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
+
+
+def eval_config(min_of1: Optional[float] = None, min_map: Optional[float] = None,
+                max_of1_decrease: Optional[float] = 1e-10) -> tfma.EvalConfig:
+    """TFMA config: the multi-label metrics over the model's eval signatures."""
+    label_signature, prediction_signature = EVAL_SIGNATURES
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name=prediction_signature,
+                                    preprocessing_function_names=[label_signature],
+                                    label_key="label_multi_hot")],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[metrics_config(min_of1, min_map, max_of1_decrease)],
+    )
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    serving_dir: str,
+    module_file: Optional[str] = None,
+    train_config: Optional[Dict[str, Any]] = None,
+    train_steps: Optional[int] = None,
+    eval_steps: Optional[int] = None,
+    beam_pipeline_args: Optional[List[str]] = None,
+    metadata_connection_config=None,
+    split: str = "presplit",
+    schema_path: str = TEMPLATE,
+    model_name: str = "cnnrnn",
+    min_of1: Optional[float] = 0.0,
+    min_map: Optional[float] = None,
+    max_of1_decrease: Optional[float] = 1e-10,
+    enable_cache: bool = True,
+) -> tfx.dsl.Pipeline:
+    """Builds the pipeline; reads and writes nothing.
+
+    ``module_file``: None (default) hands Transform and Trainer the installed
+    functions by name (``cnnrnn_tf.tfx_module.preprocessing_fn`` / ``run_fn``);
+    a path (e.g. :data:`MODULE_FILE`, the shim) makes TFX package that file's
+    *folder* as a wheel and pip-install it at run time, and every edit in that
+    folder then invalidates the Transform and Trainer cache. The library version
+    is in both components' ``custom_config``, so upgrading cnnrnn_tf re-runs them.
+    ``train_config``: a ``cnnrnn_tf.config.TrainConfig`` dict (validated by run_fn).
+    ``schema_path``: the curated schema to import (default: the checked-in one for
+    the default data; ``curated_schema.write_schema`` derives one for other data).
+    ``min_of1`` / ``min_map`` / ``max_of1_decrease``: the Evaluator's blessing
+    thresholds (None switches one off).
+    """
+    input_config, output_config = example_gen_configs(split)
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=data_root, input_config=input_config, output_config=output_config)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+
+    user_code = ({"module_file": module_file} if module_file else
+                 {"preprocessing_fn": PREPROCESSING_FN})
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        materialize=False, disable_statistics=True,
+        custom_config={VERSION_KEY: __version__}, **user_code)
+    transform.add_upstream_node(anomaly_gate)
+
+    user_code = {"module_file": module_file} if module_file else {"run_fn": RUN_FN}
+    trainer = tfx.components.Trainer(
+        **user_code,
+        examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=train_steps),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=eval_steps),
+        custom_config={TRAIN_CONFIG_KEY: dict(train_config or {}), VERSION_KEY: __version__},
+    )
+    trainer.add_upstream_node(anomaly_gate)
+
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        example_splits=["eval"],
+        eval_config=eval_config(min_of1, min_map, max_of1_decrease),
+    )
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=os.path.join(serving_dir, model_name))),
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate,
+                    transform, trainer, model_resolver, evaluator, pusher],
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(beam_pipeline_args or []),
+    )

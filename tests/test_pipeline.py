@@ -1,0 +1,245 @@
+"""The TFX pipeline end to end on a few dozen generated examples (LocalDagRunner).
+
+Needs the [pipeline] extra; skipped without it. About 3 minutes on 2 cores.
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tfx")
+pytest.importorskip("tensorflow_model_analysis")
+
+import tensorflow as tf  # noqa: E402
+
+from cnnrnn_tf import schema  # noqa: E402
+from cnnrnn_tf.errors import InputError  # noqa: E402
+from tests.conftest import synthetic_records  # noqa: E402
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
+
+TINY_CONFIG = dict(image_size=32, epochs=1, batch_size=16, lstm_units=32, embed_dim=16)
+DIRECT = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+UPSTREAM_OF_EVALUATOR = ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen",
+                         "ExampleValidator", "AnomalyGate", "Transform", "Trainer")
+ALL_NODES = UPSTREAM_OF_EVALUATOR + ("latest_blessed_model_resolver", "Evaluator", "Pusher")
+
+
+def _run(root, data, serving):
+    from cnnrnn_pipeline import local_runner
+
+    local_runner.run("cnnrnn", str(root / "pipeline_root"), str(data), str(serving),
+                     beam_pipeline_args=DIRECT, train_config=TINY_CONFIG,
+                     train_steps=3, eval_steps=1)
+    from cnnrnn_pipeline import results
+
+    return results.summarize(local_runner.metadata_path(str(root / "pipeline_root")), "cnnrnn")
+
+
+def _write_raw(out_dir, examples):
+    """Writes tf.train.Example protos as one GZIP shard (the schema writer refuses bad ones)."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "data-00000-of-00001.tfrecord.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for example in examples:
+            writer.write(example.SerializeToString())
+
+
+def _examples(records):
+    return [schema.make_example(r.image, r.labels, r.image_id) for r in records]
+
+
+@pytest.fixture(scope="module")
+def good_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline_good")
+    data = root / "data"
+    schema.write_records(str(data / "train"), synthetic_records(48, seed=1), records_per_shard=24)
+    schema.write_records(str(data / "test"), synthetic_records(16, seed=2))
+    return root, data
+
+
+@pytest.fixture(scope="module")
+def first_run(good_data):
+    root, data = good_data
+    summary = _run(root, data, root / "serving")
+    return root, data, summary
+
+
+def test_every_component_ran_and_pusher_wrote_a_servable_version(first_run):
+    root, _, summary = first_run
+    assert {n: summary.states.get(n) for n in ALL_NODES} == {n: "COMPLETE" for n in ALL_NODES}
+    assert summary.blessed is True
+    versions = glob.glob(str(root / "serving" / "cnnrnn" / "*" / "saved_model.pb"))
+    assert len(versions) == 1
+    assert summary.pushed_path == os.path.dirname(versions[0])
+
+    loaded = tf.saved_model.load(summary.pushed_path)
+    records = synthetic_records(3, seed=5)
+    serialized = tf.constant([e.SerializeToString() for e in _examples(records)])
+    out = loaded.signatures["serving_default"](examples=serialized)
+    labels = out["labels"].numpy()
+    assert labels.shape[0] == 3 and labels.dtype == object
+    known = {b"", b"red", b"green", b"blue", b"bar"}
+    assert set(labels.ravel()) <= known and (out["label_count"].numpy() >= 1).all()
+
+
+def test_evaluator_metrics_agree_with_the_library(first_run):
+    from cnnrnn_tf.metrics import multilabel_metrics
+
+    root, data, summary = first_run
+    model = tf.saved_model.load(summary.pushed_path)
+    serialized = tf.constant([e.SerializeToString()
+                              for e in _examples(schema.iter_records(str(data / "test")))])
+    y_true = model.signatures["eval_labels"](examples=serialized)["label_multi_hot"].numpy()
+    pred = model.signatures["eval_predictions"](examples=serialized)
+    expected = multilabel_metrics(y_true, pred["predicted_multi_hot"].numpy(),
+                                  pred["probabilities"].numpy())
+    # The eval labels as the vocabulary sees them: every test label is known.
+    assert y_true.sum() == sum(len(r.labels) for r in schema.iter_records(str(data / "test")))
+    assert summary.metrics["example_count"] == 16
+    for name in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
+        assert summary.metrics[name] == pytest.approx(expected[name], abs=1e-6), name
+    # run_fn's own evaluation (cnnrnn_tf.evaluation, Keras decode) gives the same numbers.
+    metrics_json = glob.glob(str(root / "pipeline_root" / "Trainer" / "model_run" / "*" /
+                                 "model_dir" / "metrics.json"))
+    with open(metrics_json[0]) as f:
+        library = json.load(f)
+    for name in ("mAP", "CF1", "OF1"):
+        assert summary.metrics[name] == pytest.approx(library[name], abs=1e-5), name
+
+
+def test_second_run_is_served_from_cache(first_run):
+    from cnnrnn_pipeline.cli import format_summary
+
+    root, data, _ = first_run
+    summary = _run(root, data, root / "serving")
+    # Everything up to the Trainer comes from the cache. The Evaluator runs again
+    # because its baseline input changed (run 1 had no blessed model yet).
+    assert {n: summary.states[n] for n in UPSTREAM_OF_EVALUATOR} == {
+        n: "CACHED" for n in UPSTREAM_OF_EVALUATOR}
+    assert "OF1_diff" in summary.metrics and summary.metrics["OF1_diff"] == pytest.approx(0.0)
+    text = format_summary(summary)
+    assert "mAP" in text and "OF1" in text and "blessed: yes" in text
+
+
+def _cli_args(root, data):
+    return argparse.Namespace(
+        data=str(data), pipeline_root=str(root / "pipeline_root"),
+        serving_dir=str(root / "serving"), model_name="cnnrnn", train_steps=1, eval_steps=1,
+        beam_arg=DIRECT)
+
+
+def _assert_stopped_before_trainer(root):
+    from cnnrnn_pipeline import local_runner, results
+
+    summary = results.summarize(local_runner.metadata_path(str(root / "pipeline_root")), "cnnrnn")
+    assert summary.states.get("AnomalyGate") == "FAILED"
+    assert "Transform" not in summary.states and "Trainer" not in summary.states
+    assert summary.pushed_path is None
+    assert not glob.glob(str(root / "serving" / "**" / "saved_model.pb"), recursive=True)
+
+
+def test_missing_labels_stop_the_run_before_the_trainer(tmp_path):
+    from cnnrnn_pipeline.cli import run_command
+
+    data = tmp_path / "data"
+    train = _examples(synthetic_records(24, seed=3))
+    for example in train[::4]:
+        del example.features.feature[schema.LABELS_KEY]
+    _write_raw(str(data / "train"), train)
+    _write_raw(str(data / "test"), _examples(synthetic_records(8, seed=4)))
+    with pytest.raises(InputError) as err:
+        run_command(_cli_args(tmp_path, data))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "data anomalies" in message and "image/labels" in message and "'train'" in message
+    _assert_stopped_before_trainer(tmp_path)
+
+
+def test_unknown_eval_label_stops_the_run_before_the_trainer(tmp_path):
+    from cnnrnn_pipeline.cli import run_command
+
+    data = tmp_path / "data"
+    schema.write_records(str(data / "train"), synthetic_records(24, seed=3))
+    test = synthetic_records(8, seed=4)
+    test[0] = test[0]._replace(labels=["red", "purple"])
+    schema.write_records(str(data / "test"), test)
+    with pytest.raises(InputError) as err:
+        run_command(_cli_args(tmp_path, data))
+    message = str(err.value)
+    assert "image/labels" in message and "purple" in message and "'eval'" in message
+    _assert_stopped_before_trainer(tmp_path)
+
+
+def test_run_command_rejects_bad_data_folders(tmp_path):
+    from cnnrnn_pipeline.cli import run_command
+
+    with pytest.raises(InputError, match="does not exist"):
+        run_command(_cli_args(tmp_path, tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="neither train/ and test/"):
+        run_command(_cli_args(tmp_path, tmp_path / "empty"))
+    schema.write_records(str(tmp_path / "half" / "train"), synthetic_records(4, seed=1))
+    with pytest.raises(InputError, match="no test/ folder"):
+        run_command(_cli_args(tmp_path, tmp_path / "half"))
+
+
+def test_kubeflow_v2_compile_names_every_component(tmp_path):
+    from cnnrnn_pipeline.cli import compile_command
+
+    out = tmp_path / "pipeline.json"
+    args = argparse.Namespace(runner="kubeflow-v2", image="example.org/cnnrnn:test",
+                              output=str(out))
+    assert compile_command(args) == 0
+    text = out.read_text()
+    spec = json.loads(text)
+    assert spec["pipelineSpec"]["pipelineInfo"]["name"] == "cnnrnn"
+    for name in ALL_NODES:
+        assert name in text, name
+    assert "example.org/cnnrnn:test" in text
+
+
+RUN_FN_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tfx.components.trainer.fn_args_utils import FnArgs
+    from cnnrnn_tf.tfx_module import run_fn
+    train_files, eval_files, transform_output, out = sys.argv[1:5]
+    run_fn(FnArgs(
+        train_files=[train_files], eval_files=[eval_files],
+        transform_output=transform_output,
+        serving_model_dir=os.path.join(out, "serving"), model_run_dir=os.path.join(out, "run"),
+        train_steps=2, eval_steps=1,
+        custom_config={"train_config": json.loads(sys.argv[5]),
+                       "devices": ["/cpu:0", "/cpu:1"]}))
+""")
+
+
+def test_run_fn_trains_under_mirrored_strategy_on_two_cpus(first_run, tmp_path):
+    root, _, _ = first_run
+    pipeline_root = root / "pipeline_root"
+    transform = glob.glob(str(pipeline_root / "Transform" / "transform_graph" / "*"))[0]
+    examples = glob.glob(str(pipeline_root / "ImportExampleGen" / "examples" / "*"))[0]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_FN_SCRIPT, os.path.join(examples, "Split-train", "*"),
+         os.path.join(examples, "Split-eval", "*"), transform, str(tmp_path),
+         json.dumps(dict(TINY_CONFIG, batch_size=8))],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "run" / "run_fn.json") as f:
+        info = json.load(f)
+    assert info["strategy"] == "MirroredStrategy" and info["replicas"] == 2
+    assert os.path.exists(tmp_path / "serving" / "saved_model.pb")
+    with open(os.path.join(info["model_dir"], "vocabulary.json")) as f:
+        vocab = json.load(f)["labels"]
+    assert sorted(vocab) == ["bar", "blue", "green", "red"]
