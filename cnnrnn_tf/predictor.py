@@ -1,31 +1,20 @@
 """Label sets for image files or bytes, from a MODEL_DIR (what ``cnnrnn predict`` uses)."""
 from __future__ import annotations
 
-import os
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.io_utils import read_bytes
 from cnnrnn_tf.evaluation import decode_function
 from cnnrnn_tf.model_dir import load_model_dir
 from cnnrnn_tf.preprocessing import decode_image
 
 
 def read_image_file(path: str) -> bytes:
-    if not os.path.exists(path):
-        raise InputError(f"{path}: image file does not exist")
-    if os.path.isdir(path):
-        raise InputError(f"{path}: is a folder, not an image file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    if not data:
-        raise InputError(f"{path}: empty file")
-    return data
+    return read_bytes(path, "image file")
 
 
 def decode_image_bytes(data: bytes, image_size: int, name: str = "image") -> np.ndarray:

@@ -108,7 +108,7 @@ def test_predict_bad_images(cli_model, capsys, tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.png").write_bytes(b"hello, not an image")
     good = str(sorted((cli_model / "b" / "imgs").iterdir())[0])
-    for name, needle in (("missing.png", "does not exist"), ("empty.png", "empty file"),
+    for name, needle in (("missing.png", "does not exist"), ("empty.png", "image file is empty"),
                          ("text.png", "not a decodable")):
         capsys.readouterr()
         assert main(["predict", "--model", str(cli_model / "model"), good,

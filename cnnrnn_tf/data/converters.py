@@ -39,6 +39,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.io_utils import read_bytes
 from cnnrnn_tf.schema import SHARD_GLOB, ShardWriter, image_format, make_example, validate_label
 
 DEFAULT_RECORDS_PER_SHARD = 2048
@@ -165,17 +166,7 @@ def read_image_file(path: str, where: str) -> bytes:
     """
     from PIL import Image, UnidentifiedImageError
 
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise InputError(f"{where}: image file {path} does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"{where}: image path {path} is a folder, not a file") from None
-    except OSError as exc:
-        raise InputError(f"{where}: cannot read image file {path} ({exc.strerror or exc})") from None
-    if not data:
-        raise InputError(f"{where}: image file {path} is empty")
+    data = read_bytes(path, "image file", where)
     fmt = image_format(data)
     allowed = ["PNG"] if fmt == "png" else ["JPEG"] if fmt == "jpeg" else list(CONVERTED_FORMATS)
     try:
@@ -224,15 +215,7 @@ def _check_records_per_shard(records_per_shard: int) -> None:
 
 
 def _read_csv_text(csv_path: str) -> str:
-    try:
-        with open(csv_path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise InputError(f"{csv_path}: CSV file does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"{csv_path}: is a folder, expected a CSV file") from None
-    except OSError as exc:
-        raise InputError(f"{csv_path}: cannot read CSV file ({exc.strerror or exc})") from None
+    raw = read_bytes(csv_path, "CSV file", allow_empty=True)  # empty: reported below
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -330,15 +313,7 @@ def convert_csv(
 
 
 def _load_json(path: str) -> object:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise InputError(f"{path}: annotations file does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, expected a COCO annotations JSON file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read annotations file ({exc.strerror or exc})") from None
+    raw = read_bytes(path, "COCO annotations file")
     try:
         return json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
