@@ -71,3 +71,37 @@ def evaluate_model(model, vocab: LabelVocabulary, data, image_size: int,
     results["mean_predicted_labels"] = float(preds.y_pred.sum(1).mean())
     results["mean_true_labels"] = float(preds.y_true.sum(1).mean())
     return results
+
+
+def evaluate_saved_model(path: str, data, batch_size: int = 64) -> Dict[str, Any]:
+    """Scores an exported SavedModel (e.g. the one the pipeline pushed) on a data folder.
+
+    Uses its ``eval_predictions`` signature (the predicted set as multi-hot and the
+    per-label scores) and its ``assets/vocabulary.txt``; the truth comes from the
+    records' ``image/labels`` (labels outside the vocabulary are ignored).
+    """
+    import os
+
+    from cnnrnn_tf import schema
+    from cnnrnn_tf.dataset import resolve_files
+    from cnnrnn_tf.errors import InputError
+    from cnnrnn_tf.metrics import multilabel_metrics
+
+    vocab_file = os.path.join(path, "assets", "vocabulary.txt")
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise InputError(f"{path}: no saved_model.pb in this folder")
+    if not os.path.isfile(vocab_file):
+        raise InputError(f"{path}: no assets/vocabulary.txt (not exported by cnnrnn_tf)")
+    vocab = LabelVocabulary.from_text_file(vocab_file)
+    fn = tf.saved_model.load(path).signatures["eval_predictions"]
+    ds = tf.data.TFRecordDataset(resolve_files(data), compression_type=schema.COMPRESSION)
+    y_true, y_pred, y_score = [], [], []
+    for batch in ds.batch(batch_size):
+        out = fn(examples=batch)
+        y_pred.append(out["predicted_multi_hot"].numpy().astype(np.int32))
+        y_score.append(out["probabilities"].numpy())
+        labels = tf.io.parse_example(batch, {schema.LABELS_KEY: tf.io.VarLenFeature(tf.string)})
+        rows = tf.sparse.to_dense(labels[schema.LABELS_KEY], default_value=b"").numpy()
+        y_true.append(vocab.multi_hot([[v.decode("utf-8") for v in row if v] for row in rows]))
+    return multilabel_metrics(np.concatenate(y_true).astype(np.int32), np.concatenate(y_pred),
+                              np.concatenate(y_score), top_k=3, label_names=list(vocab.labels))
