@@ -341,7 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_startup() -> None:
+    """TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notes) hides the real output.
+
+    Users can still set TF_CPP_MIN_LOG_LEVEL themselves; errors reach them as
+    Python exceptions, which this CLI turns into one-line messages.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="google")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    _quiet_startup()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
