@@ -151,6 +151,7 @@ def export_saved_model(model, vocab: LabelVocabulary, image_size: int, out_dir: 
         module = ServingModule(model, vocab, image_size, beam_size, vocab_file=vocab_file)
         saved = os.path.join(tmp, "sm")
         tf.saved_model.save(module, saved, signatures=module.signatures())
+        _write_warmup(saved, image_size)
         old = None
         if os.path.exists(out_dir):
             old = f"{tmp}-old"
@@ -161,3 +162,12 @@ def export_saved_model(model, vocab: LabelVocabulary, image_size: int, out_dir: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _write_warmup(saved_model_dir: str, image_size: int) -> None:
+    """TF Serving warmup requests (assets.extra/), when the serving extra is installed."""
+    try:
+        from cnnrnn_tf.serving.warmup import write_warmup_requests
+    except ImportError:  # core install: export without warmup requests
+        return
+    write_warmup_requests(saved_model_dir, image_size=image_size)

@@ -1,6 +1,139 @@
-"""The ``cnnrnn serve`` and ``cnnrnn client`` commands (argument parsing only; imports are lazy)."""
+"""The ``cnnrnn serve`` and ``cnnrnn client`` commands (argument parsing only; imports are lazy).
+
+    cnnrnn serve --model-base-path DIR --model-name NAME [--port 8500] [--rest-port 8501]
+                 [--max-batch-size N] [--poll-seconds S] [--host 127.0.0.1] [--num-versions 2]
+    cnnrnn client --server HOST:PORT --model NAME [--signature serving_default|predict_images]
+                  [--version V] [--json] [--timeout S] [--batch-size N] [--retries N] IMAGE...
+
+Exit status of ``client``: 0 ok; 2 bad input (a file, a flag, or a request the
+server refused: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION); 1 the server
+or the network failed (UNAVAILABLE after the retries, DEADLINE_EXCEEDED, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+_SERVING_EXTRA = "pip install 'cnnrnn-tf[serving]'"
+
+
+def _need_serving_extra() -> None:
+    from cnnrnn_tf.errors import InputError
+
+    try:
+        import grpc  # noqa: F401
+        import tensorflow_serving.apis  # noqa: F401
+    except ImportError as exc:
+        raise InputError(f"the serving extra is not installed ({exc}); install it with "
+                         f"{_SERVING_EXTRA}") from None
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 65535")
+    return value
+
+
+def cmd_serve(args) -> int:
+    _need_serving_extra()
+    import logging
+    import signal
+    import threading
+
+    from cnnrnn_tf.serving.server import ModelServer
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = ModelServer(args.model_base_path, args.model_name, port=args.port,
+                         rest_port=args.rest_port or None, host=args.host,
+                         max_batch_size=args.max_batch_size, poll_seconds=args.poll_seconds,
+                         num_versions=args.num_versions, max_workers=args.workers)
+    stop = threading.Event()
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+        server.start()
+        versions = sorted(server.manager.versions) or "none yet"
+        rest = f", REST {server.rest_url}" if server.rest_url else ""
+        print(f"serving model {args.model_name!r} (versions {versions}) from "
+              f"{server.manager.base_path}: gRPC {server.grpc_address}{rest} "
+              "(Ctrl-C to stop)", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("shutting down", file=sys.stderr, flush=True)
+    finally:
+        server.stop(grace=args.grace_seconds)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def cmd_client(args) -> int:
+    _need_serving_extra()
+    from cnnrnn_tf.serving.client import ServingClient, ServingError
+
+    try:
+        with ServingClient(args.server, args.model, signature=args.signature,
+                           version=args.version, timeout=args.timeout,
+                           retries=args.retries) as client:
+            for result in client.predict_files(args.images, batch_size=args.batch_size):
+                if args.json:
+                    print(json.dumps(result, ensure_ascii=False), flush=True)
+                else:
+                    labels = ", ".join(f"{x['label']} ({x['score']:.2f})" for x in result["labels"])
+                    print(f"{result['image']}: {labels or '(no labels)'}", flush=True)
+    except ServingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if exc.is_request_error else 1
+    return 0
 
 
 def add_serving_commands(sub, parser_class) -> None:
-    """Adds the serving subcommands to the CLI's subparsers."""
-    return None
+    """Adds ``serve`` and ``client`` to the CLI's subparsers (they use ``parser_class``)."""
+    from cnnrnn_tf.cli import non_negative_int, positive_float, positive_int
+
+    p = sub.add_parser(
+        "serve", help="a local development model server with TF Serving's gRPC/REST API",
+        description="Serves the newest versions under MODEL_BASE_PATH (VERSION/saved_model.pb, "
+                    "as TF Serving's --model_base_path) and loads new versions as they appear. "
+                    "For development; TF Serving is the production server (serving/README.md).")
+    p.add_argument("--model-base-path", required=True,
+                   help="the folder holding version folders 1/, 2/, ... (not a SavedModel itself)")
+    p.add_argument("--model-name", required=True, help="the name clients put in model_spec.name")
+    p.add_argument("--port", type=_port, default=8500, help="gRPC port (0: any free port)")
+    p.add_argument("--rest-port", type=_port, default=8501, help="REST port (0: no REST)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0 exposes the server to the network)")
+    p.add_argument("--max-batch-size", type=positive_int, default=None,
+                   help="refuse requests with more examples (INVALID_ARGUMENT)")
+    p.add_argument("--poll-seconds", type=positive_float, default=2.0,
+                   help="how often to look for new versions")
+    p.add_argument("--num-versions", type=positive_int, default=2,
+                   help="how many of the newest versions stay loaded")
+    p.add_argument("--workers", type=positive_int, default=8, help="gRPC worker threads")
+    p.add_argument("--grace-seconds", type=positive_float, default=5.0,
+                   help="on SIGINT/SIGTERM, time left to requests in flight")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("client", help="label sets for image files from a model server (gRPC)")
+    p.add_argument("--server", required=True,
+                   help="HOST:PORT of the gRPC port, e.g. localhost:8500")
+    p.add_argument("--model", required=True, help="the model name on the server")
+    p.add_argument("--signature", choices=("serving_default", "predict_images"),
+                   default="serving_default",
+                   help="serving_default sends tf.Examples, predict_images raw image bytes")
+    p.add_argument("--version", type=non_negative_int, default=None,
+                   help="a specific model version (default: the newest)")
+    p.add_argument("--json", action="store_true", help="JSON lines, as 'cnnrnn predict --json'")
+    p.add_argument("--timeout", type=positive_float, default=30.0, help="deadline per call (s)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per call")
+    p.add_argument("--retries", type=non_negative_int, default=3,
+                   help="retries of a call that got UNAVAILABLE (exponential backoff)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=cmd_client)

@@ -1,0 +1,191 @@
+"""TF Serving deployment files: the model config and the batching parameters.
+
+    python -m cnnrnn_tf.serving.deploy models-config --model cnnrnn=/models/cnnrnn   # models.config
+    python -m cnnrnn_tf.serving.deploy batching           # batching_parameters.txt
+    python -m cnnrnn_tf.serving.deploy check serving/   # parse-checks the files (what the tests do)
+
+``models_config`` writes TF Serving's ``ModelServerConfig`` text proto (the
+``--model_config_file``), built with TF Serving's own proto so it always parses.
+The batching parameters (``--batching_parameters_file``) are a
+``tensorflow.serving.BatchingParameters`` text proto; that message is not in the
+``tensorflow-serving-api`` wheel, so :func:`batching_parameters_class` rebuilds
+it from its definition in TF Serving's ``session_bundle_config.proto`` (the
+long-standing fields 1-7) to parse-check the file.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import re
+import sys
+from typing import Dict, Optional, Sequence
+
+from cnnrnn_tf.errors import InputError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def models_config(models: Dict[str, str], num_versions: int = 2) -> str:
+    """``{name: base_path}`` -> the ModelServerConfig text proto (``--model_config_file``).
+
+    Each model serves its newest ``num_versions`` versions (TF Serving's
+    ``latest`` policy), like ``cnnrnn serve --num-versions``.
+    """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    if not models:
+        raise InputError("models config: no models given")
+    if num_versions < 1:
+        raise InputError(f"num_versions {num_versions}: must be >= 1")
+    config = model_server_config_pb2.ModelServerConfig()
+    for name, base_path in models.items():
+        if not _NAME.match(name or ""):
+            raise InputError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
+        if not base_path or not (base_path.startswith("/") or "://" in base_path):
+            raise InputError(f"model {name}: base path {base_path!r} must be absolute "
+                             "(a path in the server's file system, or gs:// / s3://)")
+        entry = config.model_config_list.config.add()
+        entry.name = name
+        entry.base_path = base_path
+        entry.model_platform = "tensorflow"
+        entry.model_version_policy.latest.num_versions = num_versions
+    return text_format.MessageToString(config)
+
+
+def parse_models_config(text: str):
+    """Parses a ModelServerConfig text proto (raises text_format.ParseError)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+
+
+_BATCHING_FIELDS = (  # session_bundle_config.proto, message BatchingParameters
+    ("max_batch_size", 1, "Int64Value"),
+    ("batch_timeout_micros", 2, "Int64Value"),
+    ("max_enqueued_batches", 3, "Int64Value"),
+    ("num_batch_threads", 4, "Int64Value"),
+    ("thread_pool_name", 5, "StringValue"),
+    ("allowed_batch_sizes", 6, "repeated int64"),
+    ("pad_variable_length_inputs", 7, "bool"),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def batching_parameters_class():
+    """The ``tensorflow.serving.BatchingParameters`` message class, built from its definition."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="cnnrnn_tf/serving/session_bundle_config_subset.proto",
+        package="tensorflow.serving", syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"])
+    message = proto.message_type.add(name="BatchingParameters")
+    F = descriptor_pb2.FieldDescriptorProto
+    for name, number, kind in _BATCHING_FIELDS:
+        field = message.field.add(name=name, number=number, label=F.LABEL_OPTIONAL)
+        if kind == "repeated int64":
+            field.type, field.label = F.TYPE_INT64, F.LABEL_REPEATED
+        elif kind == "bool":
+            field.type = F.TYPE_BOOL
+        else:
+            field.type, field.type_name = F.TYPE_MESSAGE, f".google.protobuf.{kind}"
+    pool.Add(proto)
+    descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
+        return message_factory.GetMessageClass(descriptor)
+    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
+
+
+def batching_parameters(max_batch_size: int = 32, batch_timeout_micros: int = 2000,
+                        max_enqueued_batches: int = 100, num_batch_threads: int = 4,
+                        allowed_batch_sizes: Optional[Sequence[int]] = (1, 2, 4, 8, 16, 32)) -> str:
+    """The ``--batching_parameters_file`` text proto, checked as TF Serving checks it."""
+    from google.protobuf import text_format
+
+    sizes = list(allowed_batch_sizes or [])
+    if sizes and (sizes != sorted(set(sizes)) or sizes[-1] != max_batch_size):
+        raise InputError(f"allowed_batch_sizes {sizes}: must increase and end with "
+                         f"max_batch_size {max_batch_size}")
+    params = batching_parameters_class()()
+    params.max_batch_size.value = max_batch_size
+    params.batch_timeout_micros.value = batch_timeout_micros
+    params.max_enqueued_batches.value = max_enqueued_batches
+    params.num_batch_threads.value = num_batch_threads
+    params.allowed_batch_sizes.extend(sizes)
+    return text_format.MessageToString(params)
+
+
+def parse_batching_parameters(text: str):
+    """Parses a batching parameters file (raises text_format.ParseError), and checks
+    TF Serving's rule: allowed_batch_sizes increase and end with max_batch_size."""
+    from google.protobuf import text_format
+
+    params = text_format.Parse(text, batching_parameters_class()())
+    sizes = list(params.allowed_batch_sizes)
+    if sizes and (sizes != sorted(set(sizes)) or sizes[-1] != params.max_batch_size.value):
+        raise InputError(f"allowed_batch_sizes {sizes}: must increase and end with "
+                         f"max_batch_size {params.max_batch_size.value}")
+    return params
+
+
+def check_folder(folder: str) -> None:
+    """Parse-checks serving/: models.config, batching_parameters.txt, the YAML files."""
+    import yaml
+
+    with open(os.path.join(folder, "models.config"), encoding="utf-8") as f:
+        parse_models_config(f.read())
+    with open(os.path.join(folder, "batching_parameters.txt"), encoding="utf-8") as f:
+        parse_batching_parameters(f.read())
+    for name in ("docker-compose.yml", "kubernetes.yaml"):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            list(yaml.safe_load_all(f))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cnnrnn_tf.serving.deploy",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("models-config", help="print a ModelServerConfig text proto")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=BASE_PATH")
+    p.add_argument("--num-versions", type=int, default=2)
+    p = sub.add_parser("batching", help="print a BatchingParameters text proto")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--batch-timeout-micros", type=int, default=2000)
+    p.add_argument("--num-batch-threads", type=int, default=4)
+    p = sub.add_parser("check", help="parse-check a serving/ folder")
+    p.add_argument("folder")
+    args = parser.parse_args(argv)
+    try:
+        if args.what == "models-config":
+            models = {}
+            for item in args.model:
+                name, sep, path = item.partition("=")
+                if not sep:
+                    raise InputError(f"--model {item!r}: expected NAME=BASE_PATH")
+                models[name] = path
+            sys.stdout.write(models_config(models, args.num_versions))
+        elif args.what == "batching":
+            sizes = [s for s in (1, 2, 4, 8, 16, 32, 64, 128) if s < args.max_batch_size]
+            sys.stdout.write(batching_parameters(
+                args.max_batch_size, args.batch_timeout_micros,
+                num_batch_threads=args.num_batch_threads,
+                allowed_batch_sizes=sizes + [args.max_batch_size]))
+        else:
+            check_folder(args.folder)
+            print(f"{args.folder}: ok")
+    except (InputError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # text_format.ParseError, yaml.YAMLError
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,582 @@
+"""Serving: the dev model server over TF Serving's protos, the client, the CLI, deployment files.
+
+The requests here are built only from the official protos and stubs
+(predict_pb2, get_model_metadata_pb2, get_model_status_pb2, the *_pb2_grpc stubs,
+tf.make_tensor_proto), so they check the server against TF Serving's API, not
+against our own client.
+"""
+import base64
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_serving.apis")
+grpc = pytest.importorskip("grpc")
+
+import tensorflow as tf  # noqa: E402
+import yaml  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
+from tensorflow_serving.apis import (  # noqa: E402
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from cnnrnn_tf import schema  # noqa: E402
+from cnnrnn_tf.errors import InputError  # noqa: E402
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVING_DIR = os.path.join(ROOT, "serving")
+MODEL = "cnnrnn"
+MAX_BATCH = 8
+TINY = dict(image_size=32, batch_size=16, epochs=1, lstm_units=32, embed_dim=16, beam_size=2)
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained MODEL_DIR (its saved_model/ is what gets served)."""
+    from cnnrnn_tf.config import TrainConfig
+    from cnnrnn_tf.training import train
+    from tests.conftest import synthetic_records
+
+    root = tmp_path_factory.mktemp("serving")
+    schema.write_records(str(root / "train"), synthetic_records(48, seed=1))
+    schema.write_records(str(root / "test"), synthetic_records(8, seed=2))
+    out = str(root / "model")
+    train(TrainConfig(**TINY), str(root / "train"), str(root / "test"), out, verbose=0)
+    return root, out
+
+
+@pytest.fixture(scope="module")
+def images(trained):
+    from tests.conftest import synthetic_records
+
+    root, _ = trained
+    records = synthetic_records(5, seed=7)
+    paths = []
+    for i, rec in enumerate(records):
+        path = root / f"img{i}.png"
+        path.write_bytes(rec.image)
+        paths.append(str(path))
+    return [r.image for r in records], paths
+
+
+@pytest.fixture(scope="module")
+def base_path(trained):
+    """<base>/1 = the export plus TF Serving warmup requests (which the server replays)."""
+    from cnnrnn_tf.serving.warmup import write_warmup_requests
+
+    root, out = trained
+    base = root / "models" / MODEL
+    shutil.copytree(os.path.join(out, "saved_model"), base / "1")
+    write_warmup_requests(str(base / "1"), num_records=1, image_size=32)
+    return base
+
+
+@pytest.fixture(scope="module")
+def server(base_path):
+    from cnnrnn_tf.serving.server import ModelServer
+
+    srv = ModelServer(str(base_path), MODEL, port=0, rest_port=0, max_batch_size=MAX_BATCH,
+                      poll_seconds=0.2, max_workers=8).start()
+    yield srv
+    srv.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+def reference(trained):
+    """The same SavedModel loaded in process: what every answer must equal."""
+    _, out = trained
+    return tf.saved_model.load(os.path.join(out, "saved_model"))
+
+
+@pytest.fixture(scope="module")
+def stubs(server):
+    channel = grpc.insecure_channel(server.grpc_address)
+    yield (prediction_service_pb2_grpc.PredictionServiceStub(channel),
+           model_service_pb2_grpc.ModelServiceStub(channel))
+    channel.close()
+
+
+def examples_of(images):
+    return [schema.make_example(img, []).SerializeToString() for img in images]
+
+
+def predict_request(signature, values, name=MODEL, version=None, alias=None, dtype=tf.string):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    alias = alias or ("images" if signature == "predict_images" else "examples")
+    request.inputs[alias].CopyFrom(tf.make_tensor_proto(values, dtype=dtype))
+    return request
+
+
+def valid_request(images):
+    return predict_request("serving_default", examples_of(images[:2]))
+
+
+def assert_same_as_reference(response, reference, signature, values):
+    alias = "images" if signature == "predict_images" else "examples"
+    want = reference.signatures[signature](**{alias: tf.constant(values)})
+    assert set(response.outputs) == set(want)
+    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["labels"]),
+                                  want["labels"].numpy())
+    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["label_count"]),
+                                  want["label_count"].numpy())
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]),
+                               want["scores"].numpy(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- gRPC
+def test_predict_matches_in_process_model(server, stubs, reference, images):
+    predict, _ = stubs
+    raw, _ = images
+    for signature, values in (("serving_default", examples_of(raw)), ("predict_images", raw)):
+        response = predict.Predict(predict_request(signature, values), timeout=30)
+        assert_same_as_reference(response, reference, signature, values)
+        assert response.model_spec.name == MODEL
+        assert response.model_spec.version.value == 1
+        assert response.model_spec.signature_name == signature
+        assert tf.make_ndarray(response.outputs["labels"]).shape[0] == len(raw)
+    # label_scores and output_filter, as TF Serving supports them
+    request = predict_request("label_scores", examples_of(raw))
+    probs = tf.make_ndarray(predict.Predict(request, timeout=30).outputs["probabilities"])
+    want = reference.signatures["label_scores"](examples=tf.constant(examples_of(raw)))
+    np.testing.assert_allclose(probs, want["probabilities"].numpy(), atol=1e-6)
+    request = predict_request("predict_images", raw[:1])
+    request.output_filter.append("labels")
+    assert set(predict.Predict(request, timeout=30).outputs) == {"labels"}
+    # no signature_name: serving_default
+    request = predict_request("", examples_of(raw[:1]))
+    assert predict.Predict(request, timeout=30).model_spec.signature_name == "serving_default"
+
+
+def test_metadata_and_status(stubs):
+    predict, models = stubs
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = MODEL
+    response = predict.GetModelMetadata(request, timeout=30)
+    assert response.model_spec.name == MODEL and response.model_spec.version.value == 1
+    sigs = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(sigs)
+    assert {"serving_default", "predict_images", "label_scores"} <= set(sigs.signature_def)
+    default = sigs.signature_def["serving_default"]
+    assert list(default.inputs) == ["examples"]
+    assert default.inputs["examples"].dtype == tf.string.as_datatype_enum
+    assert set(default.outputs) == {"labels", "scores", "label_count"}
+    assert list(sigs.signature_def["predict_images"].inputs) == ["images"]
+
+    request = get_model_metadata_pb2.GetModelMetadataRequest()  # no metadata_field
+    request.model_spec.name = MODEL
+    with pytest.raises(grpc.RpcError) as info:
+        predict.GetModelMetadata(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MODEL
+    status = models.GetModelStatus(request, timeout=30).model_version_status
+    assert [(s.version, s.state) for s in status] == [
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+    assert status[0].status.error_code == 0
+    request.model_spec.name = "nope"
+    with pytest.raises(grpc.RpcError) as info:
+        models.GetModelStatus(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _bad_requests(images):
+    raw = images[:2]
+    over = predict_request("predict_images", [raw[0]] * (MAX_BATCH + 1))
+    no_input = predict_pb2.PredictRequest()
+    no_input.model_spec.name = MODEL
+    bad_filter = predict_request("predict_images", raw)
+    bad_filter.output_filter.append("nope")
+    label = predict_request("predict_images", raw)
+    label.model_spec.version_label = "stable"
+    no_image_feature = tf.train.Example(features=tf.train.Features(feature={
+        "image/id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"]))}))
+    code = grpc.StatusCode
+    return [
+        ("wrong input name", predict_request("serving_default", raw, alias="images"),
+         code.INVALID_ARGUMENT),
+        ("no input", no_input, code.INVALID_ARGUMENT),
+        ("wrong dtype (float)", predict_request("predict_images", [1.0, 2.0], dtype=tf.float32),
+         code.INVALID_ARGUMENT),
+        ("wrong rank", predict_request("predict_images", [raw]), code.INVALID_ARGUMENT),
+        ("non-image bytes", predict_request("predict_images", [raw[0], b"not an image"]),
+         code.INVALID_ARGUMENT),
+        ("not a tf.Example", predict_request("serving_default", [b"\xff\x00garbage"]),
+         code.INVALID_ARGUMENT),
+        ("tf.Example without image/encoded",
+         predict_request("serving_default", [no_image_feature.SerializeToString()]),
+         code.INVALID_ARGUMENT),
+        ("empty batch", predict_request("predict_images", np.array([], dtype=object)),
+         code.INVALID_ARGUMENT),
+        ("batch over the limit", over, code.INVALID_ARGUMENT),
+        ("unknown output in output_filter", bad_filter, code.INVALID_ARGUMENT),
+        ("version label", label, code.INVALID_ARGUMENT),
+        ("unknown model", predict_request("predict_images", raw, name="nope"), code.NOT_FOUND),
+        ("unknown version", predict_request("predict_images", raw, version=7), code.NOT_FOUND),
+        ("unknown signature", predict_request("nope", raw), code.FAILED_PRECONDITION),
+    ]
+
+
+def test_malformed_requests_get_tf_serving_codes_and_server_keeps_serving(
+        stubs, images, caplog):
+    predict, _ = stubs
+    raw, _ = images
+    cases = _bad_requests(raw)
+    with caplog.at_level(logging.WARNING, logger="cnnrnn_tf.serving"):
+        for what, request, code in cases:
+            with pytest.raises(grpc.RpcError) as info:
+                predict.Predict(request, timeout=30)
+            assert info.value.code() == code, (what, info.value.details())
+            assert info.value.details(), what
+            assert "\n" not in info.value.details(), what
+            # ... and the next valid request is answered.
+            ok = predict.Predict(valid_request(raw), timeout=30)
+            assert tf.make_ndarray(ok.outputs["labels"]).shape[0] == 2
+    errors = [r for r in caplog.records if r.name == "cnnrnn_tf.serving"
+              and r.levelno == logging.WARNING]
+    assert len(errors) == len(cases)  # one log line per refused request
+    with pytest.raises(grpc.RpcError) as info:
+        predict.Predict(cases[0][1], timeout=30)
+    assert "examples" in info.value.details()  # names the expected input
+
+
+def test_concurrent_valid_and_invalid_requests(stubs, reference, images):
+    predict, _ = stubs
+    raw, _ = images
+    values = examples_of(raw[:3])
+    want = reference.signatures["serving_default"](examples=tf.constant(values))
+    bad = predict_request("predict_images", [b"garbage"])
+    results, failures = [], []
+
+    def worker(i):
+        try:
+            for j in range(3):
+                if (i + j) % 2:
+                    with pytest.raises(grpc.RpcError) as info:
+                        predict.Predict(bad, timeout=60)
+                    results.append(info.value.code())
+                else:
+                    response = predict.Predict(predict_request("serving_default", values),
+                                               timeout=60)
+                    np.testing.assert_array_equal(
+                        tf.make_ndarray(response.outputs["labels"]), want["labels"].numpy())
+                    results.append(grpc.StatusCode.OK)
+        except BaseException as exc:  # noqa: BLE001 (report from the thread)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures, failures
+    assert sorted(r.name for r in results) == ["INVALID_ARGUMENT"] * 9 + ["OK"] * 9
+
+
+def test_no_version_loaded_is_unavailable(tmp_path):
+    from cnnrnn_tf.serving.client import ServingClient, ServingError
+    from cnnrnn_tf.serving.server import ModelServer
+
+    (tmp_path / "empty").mkdir()
+    with ModelServer(str(tmp_path / "empty"), MODEL, port=0, rest_port=None,
+                     poll_seconds=0.2) as srv:
+        channel = grpc.insecure_channel(srv.grpc_address)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(predict_request("predict_images", [b"x"]), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        channel.close()
+        delays = []
+        client = ServingClient(srv.grpc_address, MODEL, retries=2, backoff_seconds=0.01,
+                               sleep=delays.append)
+        with pytest.raises(ServingError) as err:
+            client.predict_bytes([b"\x89PNG\r\n\x1a\nxx"], ["x.png"])
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.attempts == 3
+        assert len(delays) == 2 and not err.value.is_request_error
+        client.close()
+    for bad in (str(tmp_path / "missing"), str(base_path_of_savedmodel(tmp_path))):
+        with pytest.raises(InputError):
+            ModelServer(bad, MODEL, port=0, rest_port=None)
+
+
+def test_new_version_waits_for_its_files_to_settle_and_broken_ones_are_skipped(tmp_path):
+    from cnnrnn_tf.serving.server import ModelManager, RequestError
+
+    manager = ModelManager(MODEL, str(tmp_path), poll_seconds=3600)
+    spec = predict_pb2.PredictRequest().model_spec
+    spec.name = MODEL
+    (tmp_path / "4").mkdir()
+    (tmp_path / "4" / "saved_model.pb").write_bytes(b"half a file")
+    manager.poll_once()  # first sight: not loaded until the files stayed the same for a poll
+    with pytest.raises(RequestError):
+        manager.status(spec)
+    manager.poll_once()  # unchanged: loaded, fails, logged and skipped
+    (status,) = manager.status(spec)
+    assert status.version == 4 and status.state == get_model_status_pb2.ModelVersionStatus.END
+    assert status.status.error_message
+    manager.poll_once()  # not retried while its files stay the same
+    assert manager.status(spec)[0].state == get_model_status_pb2.ModelVersionStatus.END
+    with pytest.raises(RequestError) as info:
+        manager.resolve(spec)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def base_path_of_savedmodel(tmp_path):
+    folder = tmp_path / "sm"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"")
+    return folder
+
+
+# --------------------------------------------------------------------------- REST
+def _http(method, url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_rest_predict_and_status(server, reference, images):
+    raw, _ = images
+    url = f"{server.rest_url}/v1/models/{MODEL}"
+    status, body = _http("GET", url)
+    assert status == 200
+    assert body["model_version_status"][0]["version"] == "1"
+    assert body["model_version_status"][0]["state"] == "AVAILABLE"
+
+    b64 = [{"b64": base64.b64encode(img).decode()} for img in raw[:3]]
+    want = reference.signatures["predict_images"](images=tf.constant(raw[:3]))
+    want_labels = [[l.decode() for l in row] for row in want["labels"].numpy()]
+    status, body = _http("POST", f"{url}:predict",
+                         {"signature_name": "predict_images", "instances": b64})
+    assert status == 200, body
+    assert [p["labels"] for p in body["predictions"]] == want_labels
+    np.testing.assert_allclose([p["scores"] for p in body["predictions"]],
+                               want["scores"].numpy(), atol=1e-5)
+    ex = [{"examples": {"b64": base64.b64encode(e).decode()}} for e in examples_of(raw[:3])]
+    status, body = _http("POST", f"{url}/versions/1:predict", {"instances": ex})
+    assert status == 200 and [p["labels"] for p in body["predictions"]] == want_labels
+    status, body = _http("POST", f"{url}:predict",
+                         {"signature_name": "predict_images", "inputs": {"images": b64}})
+    assert status == 200 and body["outputs"]["labels"] == want_labels
+
+    for path, payload, code in (
+            (f"{url}:predict", {"signature_name": "predict_images",
+                                "instances": [{"b64": base64.b64encode(b"nope").decode()}]}, 400),
+            (f"{url}:predict", {"signature_name": "predict_images", "instances": []}, 400),
+            (f"{url}:predict", {"instances": [{"b64": "!!"}]}, 400),
+            (f"{url}:predict", {"nothing": 1}, 400),
+            (f"{server.rest_url}/v1/models/nope:predict", {"instances": b64}, 404),
+            (f"{url}/versions/9:predict", {"instances": b64}, 404)):
+        status, body = _http("POST", path, payload)
+        assert status == code and body["error"], (path, payload, body)
+    assert _http("GET", f"{server.rest_url}/v1/models/nope")[0] == 404
+    status, body = _http("GET", f"{url}/metadata")
+    assert status == 200 and "predict_images" in body["metadata"]["signature_def"]["signature_def"]
+    status, body = _http("POST", f"{url}:predict", {"instances": ex[:1]})
+    assert status == 200  # still serving
+
+
+# --------------------------------------------------------------------------- client + CLI
+def test_client_library(server, reference, images):
+    from cnnrnn_tf.serving.client import ServingClient, ServingError
+
+    raw, paths = images
+    want = reference.signatures["predict_images"](images=tf.constant(raw))
+    with ServingClient(server.grpc_address, MODEL, signature="predict_images") as client:
+        results = list(client.predict_files(paths, batch_size=2))
+        assert [r["image"] for r in results] == paths
+        for result, row, count in zip(results, want["labels"].numpy(),
+                                      want["label_count"].numpy()):
+            assert [x["label"] for x in result["labels"]] == [l.decode() for l in row[:count]]
+        assert "serving_default" in client.metadata().signature_def
+        assert client.status()[0]["state"] == "AVAILABLE"
+        with pytest.raises(InputError, match="missing.png"):
+            list(client.predict_files([paths[0], paths[0] + ".missing.png"]))
+        delays = []
+        fast = ServingClient(server.grpc_address, MODEL, timeout=1e-4, sleep=delays.append)
+        with pytest.raises(ServingError) as err:
+            fast.predict_bytes(raw[:1])
+        assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and not delays  # no retry
+        fast.close()
+    with ServingClient(server.grpc_address, "nope") as client:
+        with pytest.raises(ServingError) as err:
+            client.predict_bytes(raw[:1])
+        assert err.value.code == grpc.StatusCode.NOT_FOUND and err.value.is_request_error
+        assert "nope" in str(err.value)
+
+
+def test_cli_client_matches_cli_predict(server, trained, images, capsys):
+    from cnnrnn_tf.cli import main
+
+    _, out = trained
+    _, paths = images
+    assert main(["predict", "--model", out, "--json"] + paths) == 0
+    local = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for signature in ("serving_default", "predict_images"):
+        assert main(["client", "--server", server.grpc_address, "--model", MODEL, "--json",
+                     "--signature", signature, "--batch-size", "2"] + paths) == 0
+        remote = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [r["image"] for r in remote] == paths
+        for a, b in zip(local, remote):
+            assert [x["label"] for x in a["labels"]] == [x["label"] for x in b["labels"]]
+            np.testing.assert_allclose([x["score"] for x in a["labels"]],
+                                       [x["score"] for x in b["labels"]], atol=1e-4)
+    assert main(["client", "--server", server.grpc_address, "--model", "nope"] + paths) == 2
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["client", "--server", server.grpc_address, "--model", MODEL,
+                 paths[0] + ".missing"]) == 2
+    assert "error: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["client", "--server", server.grpc_address, "--model", MODEL, "--signature",
+              "label_scores", paths[0]])
+    assert exit_info.value.code == 2
+
+
+def test_serve_command_runs_and_stops_on_sigterm(base_path, images):
+    """`cnnrnn serve` as a process: prints its address, answers, exits 0 on SIGTERM."""
+    raw, _ = images
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnrnn_tf.cli", "serve", "--model-base-path", str(base_path),
+         "--model-name", MODEL, "--port", "0", "--rest-port", "0", "--poll-seconds", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        line = lines.get(timeout=120)
+        assert "gRPC 127.0.0.1:" in line, line
+        address = line.split("gRPC ")[1].split()[0]
+        channel = grpc.insecure_channel(address)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(predict_request("predict_images", raw[:2]), timeout=60)
+        assert response.model_spec.version.value == 1
+        channel.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------------- new versions
+def test_new_version_is_served_without_restart(server, stubs, trained, base_path, images):
+    predict, models = stubs
+    _, out = trained
+    raw, _ = images
+    # A broken version 3 (logged and skipped) and a good version 2, copied in place.
+    (base_path / "3").mkdir()
+    (base_path / "3" / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    shutil.copytree(os.path.join(out, "saved_model"), base_path / "2")
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MODEL
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        response = predict.Predict(valid_request(raw), timeout=60)  # never interrupted
+        if response.model_spec.version.value == 2:
+            break
+        time.sleep(0.2)
+    assert response.model_spec.version.value == 2
+    states = {s.version: s for s in models.GetModelStatus(request, timeout=30).model_version_status}
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    assert states[2].state == available and states[1].state == available  # latest 2 kept
+    assert states[3].state == get_model_status_pb2.ModelVersionStatus.END
+    assert states[3].status.error_message
+    old = predict.Predict(predict_request("predict_images", raw[:1], version=1), timeout=30)
+    assert old.model_spec.version.value == 1
+    with pytest.raises(grpc.RpcError) as info:
+        predict.Predict(predict_request("predict_images", raw[:1], version=3), timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --------------------------------------------------------------------------- files
+def test_warmup_file(base_path, stubs):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from cnnrnn_tf.serving.warmup import read_warmup_requests, write_warmup_requests
+
+    path = os.path.join(base_path, "1", "assets.extra", "tf_serving_warmup_requests")
+    records = read_warmup_requests(path)
+    assert [r.predict_log.request.model_spec.signature_name for r in records] == [
+        "serving_default", "predict_images"]
+    assert all(isinstance(r, prediction_log_pb2.PredictionLog) for r in records)
+    predict, _ = stubs
+    for record in records:  # every warmup request is a valid request
+        request = record.predict_log.request
+        request.model_spec.name = MODEL
+        response = predict.Predict(request, timeout=30)
+        assert tf.make_ndarray(response.outputs["label_count"]).shape == (1,)
+    with pytest.raises(InputError):
+        write_warmup_requests(str(base_path), num_records=1)  # not a SavedModel folder
+
+
+def test_deployment_files_parse():
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from cnnrnn_tf.serving import deploy
+
+    with open(os.path.join(SERVING_DIR, "models.config")) as f:
+        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    (entry,) = config.model_config_list.config
+    assert (entry.name, entry.base_path, entry.model_platform) == (MODEL, "/models/cnnrnn",
+                                                                   "tensorflow")
+    assert text_format.MessageToString(config) == deploy.models_config({MODEL: "/models/cnnrnn"})
+    with open(os.path.join(SERVING_DIR, "batching_parameters.txt")) as f:
+        batching = deploy.parse_batching_parameters(f.read())
+    assert batching.max_batch_size.value == 32 and list(batching.allowed_batch_sizes)[-1] == 32
+    with pytest.raises(text_format.ParseError):
+        deploy.parse_batching_parameters("max_batch_sise { value: 3 }")
+    with pytest.raises(InputError):
+        deploy.parse_batching_parameters("max_batch_size { value: 8 } allowed_batch_sizes: 4")
+    with pytest.raises(InputError):
+        deploy.models_config({"cnnrnn": "relative/path"})
+
+    with open(os.path.join(SERVING_DIR, "docker-compose.yml")) as f:
+        compose = yaml.safe_load(f)
+    (service,) = compose["services"].values()
+    assert service["image"].startswith("tensorflow/serving")
+    assert {"8500:8500", "8501:8501"} <= set(service["ports"])
+    flags = " ".join(service["command"])
+    for flag in ("--model_config_file=", "--enable_batching=true", "--batching_parameters_file="):
+        assert flag in flags
+    assert any(v.endswith(":/models:ro") for v in service["volumes"])
+
+    with open(os.path.join(SERVING_DIR, "kubernetes.yaml")) as f:
+        docs = {d["kind"]: d for d in yaml.safe_load_all(f)}
+    assert {"ConfigMap", "Deployment", "Service"} <= set(docs)
+    data = docs["ConfigMap"]["data"]
+    assert text_format.Parse(data["models.config"],
+                             model_server_config_pb2.ModelServerConfig()) == config
+    assert deploy.parse_batching_parameters(data["batching_parameters.txt"]) == batching
+    (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{MODEL}"
+    assert {p["containerPort"] for p in container["ports"]} == {8500, 8501}
+    assert {p["port"] for p in docs["Service"]["spec"]["ports"]} == {8500, 8501}
