@@ -181,6 +181,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from cnnrnn_tf.benchmark import benchmark_command
+
+    return benchmark_command(args)
+
+
 def _pipeline_module():
     try:
         import cnnrnn_pipeline.cli as pipeline_cli
@@ -306,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="REPORT_DIR to write (report.md + PNG plots)")
     p.add_argument("--beam-size", type=positive_int, default=None)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("benchmark", help="inference speed of a MODEL_DIR: encoder vs full decode")
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--beam-size", type=positive_int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=20)
+    p.add_argument("--warmup", type=non_negative_int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_benchmark)
 
     pipe = sub.add_parser("pipeline", help="the TFX pipeline (needs the [pipeline] extra)")
     psub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", parser_class=Parser)
