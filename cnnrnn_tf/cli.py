@@ -67,7 +67,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, with the one-line error format of the rest of the CLI."""
 
     def error(self, message):
-        self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n"
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} "
                               f"(run '{self.prog} --help' for usage)\n")
 
 
@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=positive_int, default=None)
     p.add_argument("--repeats", type=positive_int, default=20)
     p.add_argument("--warmup", type=non_negative_int, default=3)
+    p.add_argument("--python-loop", action="store_true",
+                   help="also time a greedy decode whose loop runs in Python")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_benchmark)
 
@@ -333,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default="cnnrnn")
     p.add_argument("--train-steps", type=positive_int, default=None)
     p.add_argument("--eval-steps", type=positive_int, default=None)
+    p.add_argument("--min-of1", type=probability, default=0.1,
+                   help="the Evaluator blesses (and the Pusher pushes) only above this OF1")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="a Beam pipeline argument, e.g. --beam-arg=--direct_num_workers=2")
     p.set_defaults(func=cmd_pipeline_run)
@@ -385,6 +389,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:  # the last line of defence: one line, no traceback
         if os.environ.get("CNNRNN_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.filename:  # a path that cannot be written / read
+            print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_INPUT
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"error: {type(exc).__name__}: {first} (set CNNRNN_DEBUG=1 for a traceback)",
               file=sys.stderr)

@@ -36,12 +36,13 @@ def _pipeline_available() -> bool:
 
 def _run_pipeline(data_dir, work_dir, config):
     from cnnrnn_pipeline import local_runner, results
-    from cnnrnn_pipeline.cli import PIPELINE_NAME, format_summary
+    from cnnrnn_pipeline.cli import DEFAULT_MIN_OF1, PIPELINE_NAME, format_summary
 
     pipeline_root = os.path.abspath(os.path.join(work_dir, "pipeline"))
     serving_dir = os.path.abspath(os.path.join(work_dir, "serving"))
     local_runner.run(PIPELINE_NAME, pipeline_root, os.path.abspath(data_dir), serving_dir,
-                     split="presplit", model_name=MODEL_NAME, train_config=config.to_dict())
+                     split="presplit", model_name=MODEL_NAME, train_config=config.to_dict(),
+                     min_of1=DEFAULT_MIN_OF1)
     sqlite = local_runner.metadata_path(pipeline_root)
     summary = results.summarize(sqlite, PIPELINE_NAME)
     print(format_summary(summary), flush=True)

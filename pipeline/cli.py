@@ -9,6 +9,9 @@ from cnnrnn_tf.config import TrainConfig
 from cnnrnn_tf.errors import InputError
 
 PIPELINE_NAME = "cnnrnn"
+# The Evaluator's value threshold: a model whose OF1 is below this (e.g. one that
+# predicts no labels at all) is not blessed, so the Pusher does not push it.
+DEFAULT_MIN_OF1 = 0.1
 
 
 def detect_split(data: str) -> str:
@@ -88,6 +91,7 @@ def run_command(args) -> int:
             PIPELINE_NAME, pipeline_root, os.path.abspath(args.data),
             os.path.abspath(args.serving_dir), split=split, model_name=model_name,
             train_config=TrainConfig().to_dict(),
+            min_of1=getattr(args, "min_of1", DEFAULT_MIN_OF1),
             train_steps=getattr(args, "train_steps", None),
             eval_steps=getattr(args, "eval_steps", None),
             beam_pipeline_args=list(getattr(args, "beam_arg", None) or []))

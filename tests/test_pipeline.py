@@ -31,12 +31,12 @@ UPSTREAM_OF_EVALUATOR = ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen",
 ALL_NODES = UPSTREAM_OF_EVALUATOR + ("latest_blessed_model_resolver", "Evaluator", "Pusher")
 
 
-def _run(root, data, serving):
+def _run(root, data, serving, **kwargs):
     from cnnrnn_pipeline import local_runner
 
     local_runner.run("cnnrnn", str(root / "pipeline_root"), str(data), str(serving),
                      beam_pipeline_args=DIRECT, train_config=TINY_CONFIG,
-                     train_steps=3, eval_steps=1)
+                     train_steps=3, eval_steps=1, **kwargs)
     from cnnrnn_pipeline import results
 
     return results.summarize(local_runner.metadata_path(str(root / "pipeline_root")), "cnnrnn")
@@ -126,6 +126,16 @@ def test_second_run_is_served_from_cache(first_run):
     assert "OF1_diff" in summary.metrics and summary.metrics["OF1_diff"] == pytest.approx(0.0)
     text = format_summary(summary)
     assert "mAP" in text and "OF1" in text and "blessed: yes" in text
+
+
+def test_a_model_below_the_value_threshold_is_not_pushed(first_run):
+    root, data, _ = first_run
+    serving = root / "serving_strict"
+    summary = _run(root, data, serving, min_of1=0.999)
+    assert summary.states["Trainer"] == "CACHED" and summary.states["Evaluator"] == "COMPLETE"
+    assert summary.metrics["OF1"] < 0.999
+    assert summary.blessed is False and summary.pushed_path is None
+    assert not glob.glob(str(serving / "cnnrnn" / "*"))
 
 
 def _cli_args(root, data):
