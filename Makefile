@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: help venv data run test test-core lock bench clean
+.PHONY: help venv data run test test-all lock bench clean
 
 help:
 	@echo "make run    train + evaluate CNN-RNN and the BCE baseline on the default data"
@@ -51,8 +51,13 @@ run: venv data
 	$(PY) -m cnnrnn_tf.cli main-job --work-dir $(WORK)
 
 # --- tests -------------------------------------------------------------
+# The whole suite on the pinned TFX stack, then the core tests on the newest
+# TensorFlow / Keras (mk/core-latest.mk), as CI runs them.
 test: venv data
 	$(PY) -m pytest -n 2 --dist loadfile tests $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-core-latest
+
+include mk/core-latest.mk
 
 bench: venv data
 	$(PY) benchmarks/run_all.py

@@ -49,8 +49,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # `pipeline/` ships inside the wheel as the sub-package
-    # `cnnrnn_tf_pipeline`-free layout: see BUILD.md ("Why pipeline/ ships as cnnrnn_pipeline").
+    # The folder `pipeline/` ships as the package `cnnrnn_pipeline`: see BUILD.md
+    # ("Why pipeline/ ships as cnnrnn_pipeline").
     packages=find_packages(include=["cnnrnn_tf", "cnnrnn_tf.*"])
     + ["cnnrnn_pipeline"],
     package_dir={"cnnrnn_pipeline": "pipeline"},
@@ -61,6 +61,7 @@ setup(
         "keras>=3.3",
         "numpy>=1.23",
         "pillow>=9",
+        "tensorboard>=2.16",  # TF >= 2.20 no longer brings it; training writes TensorBoard logs
     ],
     extras_require={
         "pipeline": PIPELINE,

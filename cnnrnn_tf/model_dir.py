@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any, Dict
 
@@ -21,6 +22,8 @@ import keras
 from cnnrnn_tf.config import TrainConfig
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.vocabulary import LabelVocabulary
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
@@ -85,6 +88,34 @@ def load_model_dir(path: str, compile: bool = False) -> LoadedModel:
     try:
         model = keras.saving.load_model(model_file, compile=compile)
     except Exception as exc:  # keras raises many types on a corrupt archive
-        raise InputError(f"{model_file}: cannot load the model ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        model = _rebuild_and_load_weights(model_file, config, vocab, info)
+        if model is None:
+            raise InputError(f"{model_file}: cannot load the model ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        log.warning("%s: saved by another Keras version (%s); rebuilt the model from "
+                    "config.json and loaded its weights", model_file, type(exc).__name__)
     return LoadedModel(model, vocab, config, info, path)
+
+
+def _rebuild_and_load_weights(model_file: str, config: TrainConfig, vocab: LabelVocabulary,
+                              info: Dict[str, Any]):
+    """Rebuilds the architecture from config.json and loads the archive's weights.
+
+    A ``.keras`` file written by a newer Keras can carry config keys an older one
+    rejects (Keras 3.15 adds ``input_axes`` to initializer configs, which 3.12
+    refuses); the weights themselves load fine. Returns None when that fails too.
+    """
+    from cnnrnn_tf.models import build_model
+
+    try:
+        # weights="none": no download; the archive's weights replace them anyway.
+        model = build_model(config.replace(weights="none"), len(vocab), int(info["max_labels"]))
+        size = config.image_size
+        inputs = {"images": keras.ops.zeros((1, size, size, 3))}
+        if config.model == "cnn-rnn":
+            inputs["label_inputs"] = keras.ops.zeros((1, 2), dtype="int32")
+        model(inputs)
+        model.load_weights(model_file)
+    except Exception:  # noqa: BLE001 - the caller reports the original error
+        return None
+    return model

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import dataclasses
 import logging
 import os
@@ -74,6 +75,19 @@ def make_loss(config: TrainConfig):
     return keras.losses.BinaryCrossentropy(from_logits=True)
 
 
+def _backup_epoch(backup_dir: str) -> Optional[int]:
+    """Epochs done according to the BackupAndRestore checkpoint in backup_dir, or None."""
+    import json
+
+    for name in ("training_metadata.json", "training_metadata.json.bkp"):
+        try:
+            with open(os.path.join(backup_dir, name), encoding="utf-8") as f:
+                return int(json.load(f)["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 @dataclasses.dataclass
 class TrainResult:
     model: keras.Model
@@ -108,6 +122,8 @@ def train(
     building a fresh one; its number of labels must match the vocabulary. Create it
     inside ``strategy.scope()`` when training on several GPUs.
     """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"{out_dir}: exists and is not a folder; choose another --out")
     if is_model_dir(out_dir):
         raise InputError(f"{out_dir}: already holds a trained model; choose another --out")
     t0 = time.time()
@@ -146,22 +162,39 @@ def train(
         model.compile(optimizer=make_optimizer(config, steps * epochs), loss=make_loss(config))
         callbacks: List[keras.callbacks.Callback] = [
             keras.callbacks.BackupAndRestore(os.path.join(out_dir, BACKUP_DIR)),
-            keras.callbacks.TensorBoard(os.path.join(out_dir, LOG_DIR), update_freq="epoch"),
         ]
+        if importlib.util.find_spec("tensorboard") is not None:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, LOG_DIR),
+                                                         update_freq="epoch"))
+        else:  # TensorFlow >= 2.20 no longer installs TensorBoard
+            log.warning("tensorboard is not installed: no TensorBoard logs in %s", out_dir)
         if config.early_stopping_patience is not None:
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=config.early_stopping_patience,
                 restore_best_weights=True, verbose=min(verbose, 1)))
         callbacks += extra_callbacks or []
+        resumed = _backup_epoch(os.path.join(out_dir, BACKUP_DIR))
+        if resumed is not None:
+            message = (f"resuming from {os.path.join(out_dir, BACKUP_DIR)} "
+                       f"(epoch {resumed} of {epochs} done)")
+            log.info(message)
+            if verbose:
+                print(message, flush=True)
         if verbose:
             print(f"Training {config.model} ({config.backbone}, {config.image_size}px) on "
                   f"{train_stats.num_examples} images, {len(vocab)} labels, "
                   f"up to {max_labels} per image, {epochs} epochs max.", flush=True)
-        history = model.fit(
-            train_ds, validation_data=eval_ds, epochs=epochs,
-            steps_per_epoch=config.steps_per_epoch, validation_steps=config.validation_steps,
-            callbacks=callbacks, verbose=verbose,
-        )
+        try:
+            history = model.fit(
+                train_ds, validation_data=eval_ds, epochs=epochs,
+                steps_per_epoch=config.steps_per_epoch, validation_steps=config.validation_steps,
+                callbacks=callbacks, verbose=verbose,
+            )
+        except tf.errors.InvalidArgumentError as exc:  # e.g. a record whose image is corrupt
+            detail = exc.message.strip().splitlines()[0] if exc.message else ""
+            raise InputError(f"{train_data} / {eval_data}: a record cannot be read while "
+                             f"training ({detail}); the resume checkpoint is kept in "
+                             f"{os.path.join(out_dir, BACKUP_DIR)}") from None
     train_seconds = time.time() - t0
     info = {
         "library_version": __version__,

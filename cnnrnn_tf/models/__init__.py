@@ -16,12 +16,15 @@ def build_model(config, num_labels: int, max_labels: int):
     from cnnrnn_tf.models.encoders import build_encoder
 
     trainable = True if config.fine_tune else None
+    weights = None if config.weights in (None, "none") else config.weights
     encoder = build_encoder(config.backbone, config.image_size, trainable=trainable,
-                            weights=config.weights, seed=config.seed)
+                            weights=weights, seed=config.seed)
     if config.model == "cnn-rnn":
         return CNNRNN(encoder, num_labels, embed_dim=config.embed_dim,
                       lstm_units=config.lstm_units, max_labels=max_labels,
-                      beam_size=config.beam_size, dropout=config.dropout)
+                      beam_size=config.beam_size, dropout=config.dropout,
+                      alignment=config.label_order if config.label_order in ("pla", "mla")
+                      else "none")
     return MultiLabelClassifier(encoder, num_labels, max_labels=max_labels,
                                 threshold=config.threshold, dropout=config.dropout,
                                 name=f"{config.model}_classifier")

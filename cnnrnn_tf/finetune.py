@@ -1,0 +1,227 @@
+"""Fine-tuning a trained model on new data, growing the vocabulary with new labels.
+
+The decoder's token ids put END and START first and label k at 2 + k (see
+``cnnrnn_tf.vocabulary``), so appending labels never moves an existing row:
+
+* CNN-RNN: the label embedding ``U_l`` (input embeddings and, tied, the output
+  scores) gets one new row per new label; every other weight is copied as is.
+* BCE / ASL classifier: the output Dense layer gets one new column (and bias)
+  per new label.
+
+New rows / columns start at the mean of the existing label rows / columns plus
+a little noise (0.01 of their standard deviation). With tied scores, the mean
+row gives the new label a score close to the average label's score: it enters
+the softmax as a plausible but not dominant choice, which keeps the output
+distribution over the old labels close to the trained one (Hewitt, "Initializing
+new word embeddings for pretrained language models", 2021), and the noise breaks
+the symmetry between several new labels.
+
+:func:`finetune` loads a MODEL_DIR, adds the labels of the new training data that
+the model does not know, and trains with ``cnnrnn_tf.training.train``. It
+orders the vocabulary by frequency in the new data (:func:`finetune_vocabulary`,
+rows moved with their label: :func:`remap_vocabulary`) so that the paper's
+frequent-first label order still holds. Mix images of the old labels into the
+new training data, or the model forgets them.
+"""
+from __future__ import annotations
+
+import collections
+import os
+from typing import Iterable, List, Optional, Tuple
+
+import keras
+import numpy as np
+
+from cnnrnn_tf.vocabulary import NUM_SPECIAL, LabelVocabulary
+
+__all__ = ["grow_vocabulary", "remap_vocabulary", "finetune_vocabulary", "new_labels_in", "finetune"]
+
+
+def _init_new(existing: np.ndarray, count: int, axis: int, rng: np.random.RandomState) -> np.ndarray:
+    """``count`` new slices along ``axis``: mean of ``existing`` + 0.01 std noise."""
+    mean = existing.mean(axis=axis, keepdims=True)
+    std = float(existing.std()) or 1e-3
+    shape = list(existing.shape)
+    shape[axis] = count
+    noise = rng.normal(0.0, 0.01 * std, size=shape)
+    return (np.broadcast_to(mean, shape) + noise).astype(existing.dtype)
+
+
+def _image_size(model) -> Optional[int]:
+    shape = getattr(model.encoder, "input_shape", None)
+    if shape and len(shape) == 4 and shape[1]:
+        return int(shape[1])
+    return None
+
+
+def _build(model, image_size: int) -> None:
+    images = np.zeros((1, image_size, image_size, 3), "float32")
+    if hasattr(model, "decoder"):
+        model({"images": images, "label_inputs": np.ones((1, 1), "int32")})
+    else:
+        model({"images": images})
+
+
+def grow_vocabulary(model: keras.Model, old_vocab: LabelVocabulary, new_labels: Iterable[str],
+                    *, max_labels: Optional[int] = None, image_size: Optional[int] = None,
+                    seed: int = 0) -> Tuple[keras.Model, LabelVocabulary]:
+    """A copy of ``model`` for ``old_vocab`` extended with ``new_labels``.
+
+    Existing labels keep their ids; labels already known are skipped. Every
+    weight of ``model`` is copied exactly (the label embedding / output layer
+    into its first rows / columns); ``model`` itself is left untouched. Works
+    for ``CNNRNN`` and ``MultiLabelClassifier`` (anything with ``num_labels``
+    in its config and either a ``decoder.label_embedding`` or a ``classifier``).
+    ``max_labels``: a new longest label path (defaults to the model's).
+    ``image_size``: needed only when the encoder's input has no fixed size.
+
+    Returns ``(new_model, new_vocab)``; the new model is built, not compiled.
+    """
+    new_vocab = old_vocab.extend(new_labels)
+    return remap_vocabulary(model, old_vocab, new_vocab, max_labels=max_labels,
+                            image_size=image_size, seed=seed), new_vocab
+
+
+def remap_vocabulary(model: keras.Model, old_vocab: LabelVocabulary, new_vocab: LabelVocabulary,
+                     *, max_labels: Optional[int] = None, image_size: Optional[int] = None,
+                     seed: int = 0) -> keras.Model:
+    """A copy of ``model`` for ``new_vocab``, which holds every label of ``old_vocab``.
+
+    The row (CNN-RNN label embedding) or column (classifier output) of each old
+    label is copied to that label's index in ``new_vocab``; labels new to the
+    model get new rows (see the module doc); END and START rows and every other
+    weight are copied as they are. With ``new_vocab = old_vocab.extend(...)``
+    (:func:`grow_vocabulary`) the old rows stay where they were.
+    """
+    if model.num_labels != len(old_vocab):
+        raise ValueError(f"the model has {model.num_labels} labels, the vocabulary {len(old_vocab)}")
+    missing = sorted(set(old_vocab.labels) - set(new_vocab.labels))
+    if missing:
+        raise ValueError(f"the new vocabulary lacks labels of the model: {', '.join(missing)}")
+    old_index = old_vocab.index
+    source = np.array([old_index.get(name, -1) for name in new_vocab.labels])
+    added = int((source < 0).sum())
+    config = model.get_config()
+    config["num_labels"] = len(new_vocab)
+    if max_labels is not None:
+        config["max_labels"] = int(max_labels)
+    new_model = type(model).from_config(config)
+    size = image_size or _image_size(model)
+    if size is None:
+        raise ValueError("the encoder has no fixed input size; pass image_size")
+    if not model.built or not model.weights:
+        _build(model, size)
+    _build(new_model, size)
+
+    if hasattr(model, "decoder"):
+        # label embedding [tokens, dim]: label rows start after END and START
+        remapped = {id(model.decoder.label_embedding.embeddings): (0, NUM_SPECIAL)}
+    else:
+        remapped = {id(model.classifier.kernel): (1, 0), id(model.classifier.bias): (0, 0)}
+    old_weights, new_weights = model.weights, new_model.weights
+    if len(old_weights) != len(new_weights):
+        raise ValueError(f"the rebuilt model has {len(new_weights)} weights, "
+                         f"the original {len(old_weights)}")
+    rng = np.random.RandomState(seed)
+    for old, new in zip(old_weights, new_weights):
+        value = keras.ops.convert_to_numpy(old.value)
+        if id(old) in remapped:
+            axis, first = remapped[id(old)]
+            fixed = np.take(value, np.arange(first), axis=axis)
+            labels = np.take(value, np.arange(first, value.shape[axis]), axis=axis)
+            fresh = _init_new(labels, added, axis, rng)
+            parts, next_new = [], 0
+            for src in source:
+                if src >= 0:
+                    parts.append(np.take(labels, [src], axis=axis))
+                else:
+                    parts.append(np.take(fresh, [next_new], axis=axis))
+                    next_new += 1
+            value = np.concatenate([fixed] + parts, axis=axis)
+        if tuple(value.shape) != tuple(new.shape):
+            raise ValueError(f"weight {old.path}: shape {value.shape}, rebuilt {tuple(new.shape)}")
+        new.assign(value)
+    return new_model
+
+
+def finetune_vocabulary(old_vocab: LabelVocabulary,
+                        label_lists: Iterable[Iterable[str]]) -> LabelVocabulary:
+    """The vocabulary of new training data, most frequent first, plus the model's labels.
+
+    Labels are ordered by their count in ``label_lists`` (ties: labels the model
+    knows first, in its order, then by name); labels of ``old_vocab`` absent from
+    the new data come last with count 0. This keeps the training label order
+    frequent-first (``cnnrnn_tf.vocabulary.label_rank`` takes the vocabulary
+    order as the frequency order) when new labels are frequent.
+    """
+    counter: collections.Counter = collections.Counter()
+    for labels in label_lists:
+        counter.update(set(labels))
+    old_index = old_vocab.index
+    names = set(counter) | set(old_vocab.labels)
+    ordered = sorted(names, key=lambda n: (-counter[n], old_index.get(n, len(old_index)), n))
+    return LabelVocabulary(tuple(ordered), tuple(int(counter[n]) for n in ordered))
+
+
+def new_labels_in(vocab: LabelVocabulary, label_lists: Iterable[Iterable[str]]) -> List[str]:
+    """Labels of ``label_lists`` not in ``vocab``: most frequent first, ties by name."""
+    counter: collections.Counter = collections.Counter()
+    for labels in label_lists:
+        counter.update(set(labels))
+    known = set(vocab.labels)
+    return [name for name, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+            if name not in known]
+
+
+def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional[int] = None,
+             *, keep_label_ids: bool = False, verbose: int = 1, **config_changes):
+    """Loads MODEL_DIR, adds the new labels of ``train_dir``, trains, writes MODEL_DIR ``out_dir``.
+
+    The training configuration is the one the model was trained with, with
+    ``epochs`` and any ``config_changes`` (``learning_rate=``, ``batch_size=``,
+    ...) applied; ``image_size``, ``model`` and the architecture stay as trained.
+
+    The vocabulary: by default :func:`finetune_vocabulary`, the labels ordered by
+    their frequency in ``train_dir`` (every old label keeps its weights, at its
+    new index). With a frequent-first label order, a new label then takes its
+    place in the label paths by frequency; appended at the end instead
+    (``keep_label_ids=True``: old ids unchanged, new labels last, counts from
+    ``train_dir``) it comes last in every training path and is decoded only
+    after all other labels of an image, which a weak base model rarely reaches.
+    ``out_dir`` gets the usual MODEL_DIR (model, vocabulary, SavedModel, metrics
+    on ``eval_dir``); its ``config.json`` records ``finetuned_from`` and ``new_labels``.
+
+    Returns the :class:`cnnrnn_tf.training.TrainResult`.
+    """
+    from cnnrnn_tf.dataset import choose_max_labels, scan_labels
+    from cnnrnn_tf.errors import InputError
+    from cnnrnn_tf.model_dir import CONFIG_FILE, is_model_dir, load_model_dir, write_json
+    from cnnrnn_tf.training import train
+
+    fixed = {"model", "backbone", "image_size", "embed_dim", "lstm_units"} & set(config_changes)
+    if fixed:
+        raise InputError(f"fine-tuning keeps the trained architecture; cannot change "
+                         f"{', '.join(sorted(fixed))}")
+    if is_model_dir(out_dir):
+        raise InputError(f"{out_dir}: already holds a trained model; choose another --out")
+    loaded = load_model_dir(model_dir)
+    stats = scan_labels(train_dir)
+    added = new_labels_in(loaded.vocab, stats.label_lists)
+    max_labels = max(int(getattr(loaded.model, "max_labels", 1)),
+                     choose_max_labels(stats, config_changes.pop("max_labels", None)))
+    config = loaded.config.replace(epochs=epochs, max_labels=max_labels, **config_changes)
+    vocab = finetune_vocabulary(loaded.vocab, stats.label_lists)
+    if keep_label_ids:
+        grown = loaded.vocab.extend(added)
+        vocab = LabelVocabulary(grown.labels, tuple(vocab.counts[vocab.index[n]]
+                                                    for n in grown.labels))
+    model = remap_vocabulary(loaded.model, loaded.vocab, vocab, max_labels=max_labels,
+                             image_size=loaded.image_size, seed=config.seed)
+    if verbose:
+        print(f"Fine-tuning {model_dir}: {len(added)} new label(s)"
+              f"{': ' + ', '.join(added) if added else ''}.", flush=True)
+    result = train(config, train_dir, eval_dir, out_dir, vocab=vocab, initial_model=model,
+                   verbose=verbose)
+    result.info.update(finetuned_from=str(model_dir), new_labels=added)
+    write_json(os.path.join(out_dir, CONFIG_FILE), {"train_config": config.to_dict(), **result.info})
+    return result

@@ -1,0 +1,477 @@
+"""An evaluation report: metric tables and PNG plots for a MODEL_DIR on a data folder.
+
+``cnnrnn report --model MODEL_DIR --data DIR --out REPORT_DIR`` writes
+
+    REPORT_DIR/report.md            the metric tables, with the plots embedded
+    REPORT_DIR/per_class_ap.png     AP of every label (bars), with its support
+    REPORT_DIR/pr_curves.png        precision-recall curves of the most frequent labels
+    REPORT_DIR/cooccurrence.png     P(column label | row label): truth and predictions side by side
+    REPORT_DIR/examples.png         a grid of images: predicted labels (green right, red wrong),
+                                    missed true labels in grey
+    REPORT_DIR/set_sizes.png        how many labels per image: truth vs predictions
+
+The folder is written under a temporary name next to REPORT_DIR and renamed when
+complete. An existing REPORT_DIR is replaced when it holds a report written by
+this module (it has the marker file ``.cnnrnn-report``), and refused otherwise,
+so that a typo in ``--out`` never deletes an unrelated folder.
+
+The plotting functions take arrays and return ``matplotlib.figure.Figure``
+objects (no pyplot, no global backend state), so notebooks reuse them. The
+PNGs are rendered with matplotlib's Agg canvas. matplotlib is the ``report``
+extra: ``pip install 'cnnrnn-tf[report]'``. The precision-recall curves are
+computed with numpy (:func:`precision_recall_curve`), not scikit-learn.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from cnnrnn_tf.errors import InputError
+
+REPORT_FILE = "report.md"
+MARKER_FILE = ".cnnrnn-report"
+PLOTS = {
+    "per_class_ap": "per_class_ap.png",
+    "pr_curves": "pr_curves.png",
+    "cooccurrence": "cooccurrence.png",
+    "examples": "examples.png",
+    "set_sizes": "set_sizes.png",
+}
+CORRECT, WRONG, MISSED = "#1a7f37", "#cf222e", "#8c959f"
+
+__all__ = [
+    "write_report", "precision_recall_curve", "cooccurrence_matrix",
+    "plot_per_class_ap", "plot_pr_curves", "plot_cooccurrence", "plot_examples",
+    "plot_set_sizes", "plot_predictions", "example_images", "predicted_labels", "figure_to_png",
+]
+
+
+# --------------------------------------------------------------------------
+# matplotlib, imported lazily
+# --------------------------------------------------------------------------
+
+def _figure(width: float, height: float):
+    """A new Figure (object-oriented API: no pyplot, no global backend)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise InputError(
+            "the report needs matplotlib: pip install 'cnnrnn-tf[report]'") from None
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def figure_to_png(fig) -> bytes:
+    """The PNG bytes of a Figure (rendered with the Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------
+# numbers behind the plots (numpy only)
+# --------------------------------------------------------------------------
+
+def precision_recall_curve(y_true_col, y_score_col):
+    """Precision and recall at every distinct score threshold, numpy only.
+
+    Returns ``(precision, recall, thresholds)``: ``thresholds`` holds the
+    distinct scores in decreasing order; entry i of ``precision`` / ``recall``
+    is for predicting every image whose score is >= ``thresholds[i]``. A first
+    point (recall 0, precision 1) is prepended to ``precision`` / ``recall`` so
+    the curve starts on the y axis. Recall is 0 everywhere if there is no positive.
+    """
+    t = np.asarray(y_true_col, dtype=np.float64).ravel()
+    s = np.asarray(y_score_col, dtype=np.float64).ravel()
+    if t.shape != s.shape:
+        raise InputError(f"y_true / y_score: shapes {t.shape} and {s.shape} differ")
+    order = np.argsort(-s, kind="stable")
+    t, s = t[order], s[order]
+    # the last index of each block of tied scores
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1] if len(s) else np.zeros(0, int)
+    tp = np.cumsum(t)[last]
+    fp = (last + 1) - tp
+    positives = t.sum()
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / positives if positives > 0 else np.zeros_like(tp)
+    return np.r_[1.0, precision], np.r_[0.0, recall], s[last]
+
+
+def cooccurrence_matrix(y) -> np.ndarray:
+    """``M[i, j] = P(label j | label i)`` over the images of ``y`` ({0,1} [n, K]).
+
+    Rows of labels that never occur are NaN; the diagonal is 1 where defined.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    counts = y.T @ y
+    diag = np.diag(counts).copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = counts / diag[:, None]
+    m[diag == 0, :] = np.nan
+    return m
+
+
+# --------------------------------------------------------------------------
+# plots: arrays in, Figure out
+# --------------------------------------------------------------------------
+
+def _label_font(n: int) -> float:
+    return float(np.clip(220.0 / max(n, 1), 5.0, 10.0))
+
+
+def plot_per_class_ap(results: Mapping[str, Any]):
+    """Horizontal bars of each label's AP (percent), best first, with its support.
+
+    ``results``: the dict of ``cnnrnn_tf.metrics.multilabel_metrics``.
+    Labels without a positive in the data have no AP and are listed as "n/a".
+    """
+    rows = list(results.get("per_class", []))
+    rows.sort(key=lambda c: (c["AP"] is None, -(c["AP"] or 0.0), c["label"]))
+    n = max(len(rows), 1)
+    fig = _figure(7.5, 1.2 + 0.28 * n)
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))
+    aps = [100.0 * (c["AP"] or 0.0) for c in rows]
+    ax.barh(y, aps, color="#4c72b0")
+    ax.set_yticks(y, [c["label"] for c in rows], fontsize=_label_font(n))
+    ax.invert_yaxis()
+    for yi, c, ap in zip(y, rows, aps):
+        text = f"{ap:.1f}  (n={c['support']})" if c["AP"] is not None else f"n/a  (n={c['support']})"
+        ax.text(min(ap, 100.0) + 1.0, yi, text, va="center", fontsize=_label_font(n) - 1)
+    ax.set_xlim(0, 118)
+    ax.set_xticks(range(0, 101, 20))
+    m = results.get("mAP")
+    if m is not None:
+        ax.axvline(100.0 * m, color="#dd8452", linestyle="--", linewidth=1.2,
+                   label=f"mAP {100.0 * m:.1f}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("average precision (%)")
+    ax.set_title(f"Per-class AP on {results.get('num_images', '?')} images")
+    return fig
+
+
+def plot_pr_curves(y_true, y_score, label_names: Sequence[str], top_n: int = 6):
+    """Precision-recall curves of the ``top_n`` labels with the most positives."""
+    from cnnrnn_tf.metrics import average_precision
+
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score)
+    support = y_true.sum(0)
+    order = [j for j in np.argsort(-support, kind="stable") if support[j] > 0][:top_n]
+    fig = _figure(6.5, 5.0)
+    ax = fig.add_subplot()
+    for j in order:
+        p, r, _ = precision_recall_curve(y_true[:, j], y_score[:, j])
+        ap = average_precision(y_true[:, j], y_score[:, j])
+        # "pre": precision p_i holds on (r_{i-1}, r_i], so the area under the curve is the AP
+        ax.step(r, p, where="pre", linewidth=1.6,
+                label=f"{label_names[j]} (n={int(support[j])}, AP {100 * ap:.1f})")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.03)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"Precision-recall, the {len(order)} most frequent labels")
+    return fig
+
+
+def plot_cooccurrence(y_true, y_pred, label_names: Sequence[str]):
+    """Two heatmaps of P(column label | row label): in the truth and in the predictions.
+
+    The diagonal (always 1) is left blank so that the colour scale shows the
+    off-diagonal structure; rows of labels that never occur are blank too.
+    """
+    k = len(label_names)
+    size = float(np.clip(0.42 * k + 2.5, 5.0, 14.0))
+    fig = _figure(2 * size + 1.0, size + 1.2)
+    axes = fig.subplots(1, 2, sharey=True)
+    font = _label_font(k)
+    image = None
+    for ax, y, title in ((axes[0], y_true, "truth"), (axes[1], y_pred, "predictions")):
+        m = cooccurrence_matrix(y)
+        np.fill_diagonal(m, np.nan)
+        image = ax.imshow(np.ma.masked_invalid(m), vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_facecolor("#e6e6e6")
+        ax.set_xticks(range(k), label_names, rotation=60, ha="right", fontsize=font)
+        ax.set_yticks(range(k), label_names, fontsize=font)
+        total = int(np.asarray(y).sum())
+        ax.set_title(f"{title} ({total} labels on {len(y)} images)")
+        ax.set_xlabel("label j")
+        if total == 0:
+            ax.text((k - 1) / 2, (k - 1) / 2, f"no {title} label", ha="center", va="center",
+                    fontsize=12, color="#555555")
+        if k <= 15:
+            for i in range(k):
+                for j in range(k):
+                    if np.isfinite(m[i, j]):
+                        ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center",
+                                fontsize=font - 2, color="white" if m[i, j] < 0.6 else "black")
+    axes[0].set_ylabel("label i")
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="P(label j | label i)")
+    fig.suptitle("Label co-occurrence: P(j | i), truth vs predictions")
+    return fig
+
+
+def plot_examples(images: Sequence[np.ndarray], true_labels: Sequence[Sequence[str]],
+                  predicted: Sequence[Sequence[Any]], ids: Optional[Sequence[str]] = None,
+                  columns: int = 4, max_lines: int = 5):
+    """A grid of images with their predicted and true labels.
+
+    ``predicted[i]``: the predicted labels of image i in decoding order, each a
+    name or a ``(name, score)`` pair. Under each image: predicted labels that
+    are true in green, predicted labels that are wrong in red, true labels
+    that were not predicted in grey ("missed").
+    """
+    n = len(images)
+    columns = max(1, min(columns, n))
+    rows = max(1, -(-n // columns))
+    fig = _figure(2.6 * columns, 3.3 * rows)
+    grid = fig.subplots(rows, columns, squeeze=False)
+    for ax in grid.ravel():
+        ax.axis("off")
+    for i in range(n):
+        ax = grid.ravel()[i]
+        ax.imshow(np.asarray(images[i]), interpolation="nearest")
+        truth = set(true_labels[i])
+        lines = []
+        names = []
+        for item in predicted[i]:
+            name, score = (item if isinstance(item, (tuple, list)) else (item, None))
+            names.append(name)
+            mark = "\u2713" if name in truth else "\u2717"
+            text = f"{mark} {name}" + (f" {float(score):.2f}" if score is not None else "")
+            lines.append((text, CORRECT if name in truth else WRONG))
+        if not names:
+            lines.append(("(nothing predicted)", WRONG))
+        lines += [(f"missed: {name}", MISSED) for name in true_labels[i] if name not in names]
+        if len(lines) > max_lines:
+            lines = lines[:max_lines - 1] + [(f"... {len(lines) - max_lines + 1} more", MISSED)]
+        for j, (text, color) in enumerate(lines):
+            ax.text(0.0, -0.03 - 0.12 * j, text, color=color, transform=ax.transAxes,
+                    va="top", ha="left", fontsize=9, fontweight="bold" if color != MISSED else None)
+        if ids is not None:
+            ax.set_title(str(ids[i]), fontsize=8)
+    fig.suptitle("Predictions: \u2713 correct (green), \u2717 wrong (red), missed (grey)")
+    fig.get_layout_engine().set(h_pad=0.1, hspace=0.05)
+    return fig
+
+
+def plot_set_sizes(y_true, y_pred):
+    """Grouped bars: how many images have 0, 1, 2, ... true vs predicted labels."""
+    true_sizes = np.asarray(y_true).sum(1).astype(int)
+    pred_sizes = np.asarray(y_pred).sum(1).astype(int)
+    top = int(max(true_sizes.max(initial=0), pred_sizes.max(initial=0)))
+    x = np.arange(top + 1)
+    t_counts = np.bincount(true_sizes, minlength=top + 1)
+    p_counts = np.bincount(pred_sizes, minlength=top + 1)
+    fig = _figure(6.5, 4.0)
+    ax = fig.add_subplot()
+    width = 0.4
+    bars_t = ax.bar(x - width / 2, t_counts, width, label=f"true (mean {true_sizes.mean():.2f})",
+                    color="#4c72b0")
+    bars_p = ax.bar(x + width / 2, p_counts, width,
+                    label=f"predicted (mean {pred_sizes.mean():.2f})", color="#dd8452")
+    ax.bar_label(bars_t, fontsize=8)
+    ax.bar_label(bars_p, fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xlabel("labels per image")
+    ax.set_ylabel("images")
+    exact = float(np.mean(true_sizes == pred_sizes)) if len(true_sizes) else 0.0
+    ax.set_title(f"Label set sizes on {len(true_sizes)} images "
+                 f"(predicted size = true size: {100 * exact:.0f}%)")
+    ax.legend()
+    ax.margins(y=0.12)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------
+
+def _decode_image(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def example_images(data_dir: str, count: int, ids: Optional[Sequence[str]] = None):
+    """The first ``count`` images of a data folder (decoded, RGB) and their true labels.
+
+    ``ids``: the ``Predictions.ids`` the images must line up with (checked).
+    """
+    from cnnrnn_tf.schema import iter_records
+
+    images, labels = [], []
+    for i, record in enumerate(iter_records(data_dir)):
+        if i >= count:
+            break
+        if ids is not None and record.image_id and i < len(ids) and ids[i] \
+                and record.image_id != ids[i]:
+            raise InputError(f"{data_dir}: record {i} is {record.image_id!r}, the predictions "
+                             f"have {ids[i]!r} (the folder changed while reading)")
+        images.append(_decode_image(record.image))
+        labels.append(list(record.labels))
+    return images, labels
+
+
+def predicted_labels(preds, label_names: Sequence[str], count: Optional[int] = None):
+    """The predicted ``(name, score)`` lists of ``Predictions``, in decoding order."""
+    rows = range(len(preds.label_ids) if count is None else min(count, len(preds.label_ids)))
+    return [[(label_names[i], float(s)) for i, s in zip(preds.label_ids[r], preds.scores[r])
+             if i >= 0] for r in rows]
+
+
+def plot_predictions(preds, data_dir: str, label_names: Sequence[str], count: int = 16,
+                     columns: int = 4):
+    """:func:`plot_examples` for the first ``count`` images of ``data_dir``.
+
+    ``preds``: ``cnnrnn_tf.evaluation.predict_dataset`` on the same folder.
+    """
+    images, truth = example_images(data_dir, count, ids=preds.ids)
+    return plot_examples(images, truth, predicted_labels(preds, label_names, len(images)),
+                         ids=preds.ids, columns=columns)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100.0 * float(v):.1f}"
+
+
+def _markdown(loaded, data_dir: str, results: Dict[str, Any], beam_size: int) -> str:
+    from cnnrnn_tf.metrics import HEADLINE_KEYS
+
+    cfg = loaded.config
+    lines = [
+        "# CNN-RNN evaluation report",
+        "",
+        f"- model: `{loaded.path}` ({cfg.model}, {cfg.backbone} encoder, "
+        f"{cfg.image_size}px, {len(loaded.vocab)} labels)",
+        f"- data: `{data_dir}` ({results['num_images']} images, "
+        f"{results['num_classes_evaluated']} of {results['num_classes']} labels occur)",
+        f"- decoding: beam size {beam_size}" if cfg.model == "cnn-rnn"
+        else f"- decoding: threshold {cfg.threshold}",
+        f"- labels per image: {results['mean_true_labels']:.2f} true, "
+        f"{results['mean_predicted_labels']:.2f} predicted",
+    ]
+    if results.get("unknown_labels"):
+        lines.append(f"- labels in the data that the model does not know (ignored): "
+                     f"{', '.join(results['unknown_labels'])}")
+    lines += ["", "## Metrics (percent)", ""]
+    k = results.get("top_k", 3)
+    top = results.get(f"top{k}", {})
+    lines += _md_table(["", "mAP", *HEADLINE_KEYS], [
+        ["predicted sets", _pct(results["mAP"]), *(_pct(results[m]) for m in HEADLINE_KEYS)],
+        [f"top-{k}", "-", *(_pct(top.get(m)) for m in HEADLINE_KEYS)],
+    ])
+    lines += ["", "Definitions: `cnnrnn_tf/metrics.py`. mAP ranks images by the per-label "
+              "scores; the other columns score the predicted label sets.", "",
+              "## Per class", ""]
+    lines += _md_table(["label", "support", "predicted", "AP", "P", "R", "F1"], [
+        [f"`{c['label']}`", str(c["support"]), str(c["predicted"]), _pct(c["AP"]),
+         _pct(c["precision"]), _pct(c["recall"]), _pct(c["F1"])]
+        for c in results["per_class"]])
+    captions = {
+        "per_class_ap": ("Per-class average precision",
+                         "AP of each label over the data, best first; n is the number of images "
+                         "with the label; the dashed line is the mAP."),
+        "pr_curves": ("Precision-recall curves",
+                      "For the most frequent labels, ranking the images by the label's score."),
+        "cooccurrence": ("Label co-occurrence",
+                         "Cell (i, j) is the fraction of images with label i that also have "
+                         "label j: in the truth (left) and in the predicted sets (right)."),
+        "examples": ("Examples",
+                     "The first images of the data: predicted labels in decoding order with "
+                     "their scores, green when true, red when wrong; missed true labels in grey."),
+        "set_sizes": ("Label set sizes",
+                      "How many images have each number of labels, true vs predicted."),
+    }
+    for key, file in PLOTS.items():
+        title, caption = captions[key]
+        lines += ["", f"## {title}", "", caption, "", f"![{title}]({file})"]
+    return "\n".join(lines) + "\n"
+
+
+def _prepare_out_dir(out_dir: str) -> None:
+    if os.path.lexists(out_dir):
+        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+            raise InputError(f"{out_dir}: exists and is not a report folder; choose another --out")
+        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MARKER_FILE)):
+            raise InputError(f"{out_dir}: folder exists and does not hold a report written by "
+                             "`cnnrnn report`; choose another --out")
+
+
+def write_report(model_dir: str, data_dir: str, out_dir: str, beam_size: Optional[int] = None,
+                 num_examples: int = 16, pr_labels: int = 6) -> str:
+    """Evaluates MODEL_DIR on ``data_dir`` and writes REPORT_DIR ``out_dir``.
+
+    Returns the path of ``report.md``. Replaces a report written earlier to
+    ``out_dir``; refuses (InputError) any other existing non-empty folder.
+    """
+    _figure(1, 1)  # fail early, before the model runs, when matplotlib is missing
+    from cnnrnn_tf.dataset import scan_labels
+    from cnnrnn_tf.evaluation import predict_dataset
+    from cnnrnn_tf.metrics import multilabel_metrics
+    from cnnrnn_tf.model_dir import load_model_dir
+
+    out_dir = os.path.normpath(out_dir)
+    _prepare_out_dir(out_dir)
+    loaded = load_model_dir(model_dir)
+    beam = int(beam_size or loaded.config.beam_size)
+    preds = predict_dataset(loaded.model, loaded.vocab, data_dir, loaded.image_size,
+                            beam_size=beam)
+    names = list(loaded.vocab.labels)
+    if not preds.y_true.any():
+        raise InputError(f"{data_dir}: no image has a label the model knows; nothing to score")
+    results = multilabel_metrics(preds.y_true, preds.y_pred, preds.y_score, top_k=3,
+                                 label_names=names)
+    known = set(names)
+    stats = scan_labels(data_dir, require_labels=False)
+    results["unknown_labels"] = sorted({x for ls in stats.label_lists for x in ls if x not in known})
+    results["mean_true_labels"] = float(preds.y_true.sum(1).mean())
+    results["mean_predicted_labels"] = float(preds.y_pred.sum(1).mean())
+
+    figures = {
+        "per_class_ap": lambda: plot_per_class_ap(results),
+        "pr_curves": lambda: plot_pr_curves(preds.y_true, preds.y_score, names, top_n=pr_labels),
+        "cooccurrence": lambda: plot_cooccurrence(preds.y_true, preds.y_pred, names),
+        "examples": lambda: plot_predictions(preds, data_dir, names, count=num_examples),
+        "set_sizes": lambda: plot_set_sizes(preds.y_true, preds.y_pred),
+    }
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        for key, make in figures.items():
+            with open(os.path.join(tmp, PLOTS[key]), "wb") as f:
+                f.write(figure_to_png(make()))
+        with open(os.path.join(tmp, REPORT_FILE), "w", encoding="utf-8") as f:
+            f.write(_markdown(loaded, data_dir, results, beam))
+        open(os.path.join(tmp, MARKER_FILE), "w").close()
+        os.chmod(tmp, 0o755)
+        old = None
+        if os.path.isdir(out_dir):
+            _prepare_out_dir(out_dir)  # checked again: it may have appeared meanwhile
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+            os.rename(out_dir, os.path.join(old, "report"))
+        os.rename(tmp, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return os.path.join(out_dir, REPORT_FILE)

@@ -1,0 +1,366 @@
+"""Writes the notebooks of this folder from the cells below (run it after editing).
+
+    python notebooks/build_notebooks.py          # rewrites 01_quickstart.ipynb, 02_finetune_keras.ipynb
+
+The notebooks hold no model code: every cell calls the installed library.
+They are committed without outputs; ``tests/test_notebooks.py`` executes them
+with tiny settings through the ``CNNRNN_NB_*`` environment variables that
+their first code cell reads.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def md(text: str):
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(text: str):
+    return new_code_cell(text.strip("\n"))
+
+
+QUICKSTART = [
+    md("""
+# CNN-RNN quickstart
+
+Multi-label image classification with CNN-RNN (Wang et al., CVPR 2016): a CNN encodes the
+image, an LSTM walks a path of labels, and a beam search decodes the label **set**.
+
+This notebook builds the default data set (Fashion-MNIST outfit scenes), trains a small
+CNN-RNN, and looks at its predictions. All code lives in the `cnnrnn_tf` library; the cells
+only call it. The settings below can be overridden with environment variables
+(`CNNRNN_NB_TRAIN=200 CNNRNN_NB_EPOCHS=1 ...`) to run it tiny.
+"""),
+    code("""
+import os
+
+N_TRAIN = int(os.environ.get("CNNRNN_NB_TRAIN", 3000))      # training scenes
+N_TEST = int(os.environ.get("CNNRNN_NB_TEST", 500))         # test scenes
+EPOCHS = int(os.environ.get("CNNRNN_NB_EPOCHS", 10))
+IMAGE_SIZE = int(os.environ.get("CNNRNN_NB_IMAGE_SIZE", 64))
+WORK = os.environ.get("CNNRNN_NB_WORK", "cnnrnn_work")      # everything is written here
+FASHION_MNIST = os.environ.get("CNNRNN_NB_FASHION_MNIST")   # IDX folder; None: the default
+
+DATA = os.path.join(WORK, "outfits")
+MODEL_DIR = os.path.join(WORK, "quickstart_model")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+%matplotlib inline
+"""),
+    md("""
+## 1. The default data
+
+64x64 scenes of 1-4 Fashion-MNIST items whose combinations follow an outfit grammar
+(winter, summer, office, sport, evening), so labels depend on each other. Fashion-MNIST is
+read from Debian's `dataset-fashion-mnist` package when installed, else downloaded by Keras.
+"""),
+    code("""
+from cnnrnn_tf.data import build_fashion_outfits, describe_grammar
+
+if not os.path.isdir(os.path.join(DATA, "train")):
+    build_fashion_outfits(DATA, num_train=N_TRAIN, num_test=N_TEST, seed=0,
+                          source_dir=FASHION_MNIST, progress=False)
+print(describe_grammar())
+"""),
+    md("## 2. Train a small CNN-RNN"),
+    code("""
+from cnnrnn_tf.config import TrainConfig
+from cnnrnn_tf.model_dir import is_model_dir, load_model_dir
+from cnnrnn_tf.training import train
+
+if not is_model_dir(MODEL_DIR):
+    config = TrainConfig(model="cnn-rnn", backbone="small-cnn", image_size=IMAGE_SIZE,
+                         epochs=EPOCHS, batch_size=32)
+    train(config, os.path.join(DATA, "train"), os.path.join(DATA, "test"), MODEL_DIR, verbose=2)
+loaded = load_model_dir(MODEL_DIR)
+model, vocab = loaded.model, loaded.vocab
+print("labels, most frequent first:", ", ".join(vocab.labels))
+"""),
+    md("""
+## 3. Evaluate
+
+mAP ranks the test images by each label's score; CP/CR/CF1 (per class, averaged) and
+OP/OR/OF1 (overall) score the predicted label sets; top-3 scores the three best labels.
+"""),
+    code("""
+from cnnrnn_tf.evaluation import predict_dataset
+from cnnrnn_tf.metrics import format_table, multilabel_metrics, per_class_table
+
+TEST = os.path.join(DATA, "test")
+preds = predict_dataset(model, vocab, TEST, loaded.image_size)
+metrics = multilabel_metrics(preds.y_true, preds.y_pred, preds.y_score, top_k=3,
+                             label_names=list(vocab.labels))
+print(format_table(metrics, title="CNN-RNN on the test scenes (percent)"))
+print()
+print(per_class_table(metrics))
+"""),
+    md("""
+## 4. Predictions on test images
+
+Under each image: predicted labels in decoding order with their scores, green when right,
+red when wrong; true labels the model missed in grey.
+"""),
+    code("""
+from cnnrnn_tf.report import plot_predictions
+
+plot_predictions(preds, TEST, list(vocab.labels), count=12)
+"""),
+    md("## 5. Average precision per label"),
+    code("""
+from cnnrnn_tf.report import plot_per_class_ap
+
+plot_per_class_ap(metrics)
+"""),
+    md("""
+## 6. Label co-occurrence
+
+Cell (i, j) is the fraction of images with label i that also have label j. The decoder
+models these dependencies: compare the structure of its predicted sets with the truth.
+"""),
+    code("""
+from cnnrnn_tf.report import plot_cooccurrence
+
+plot_cooccurrence(preds.y_true, preds.y_pred, list(vocab.labels))
+"""),
+    md("""
+The full report (these plots, precision-recall curves, set sizes and the metric tables in
+`report.md`) is one command:
+
+    cnnrnn report --model cnnrnn_work/quickstart_model --data cnnrnn_work/outfits/test --out cnnrnn_work/report
+"""),
+]
+
+
+FINETUNE = [
+    md("""
+# Fine-tune a CNN-RNN on your own labels, export for TF Serving
+
+[Open in Colab](https://colab.research.google.com/) (upload this notebook, or open it from
+the repository on GitHub).
+
+1. Install the library (in Colab) and load a trained model (or train a tiny one).
+2. Fine-tune it on **your CSV data set** (`image,labels` with labels joined by `|`), which
+   may contain labels the model has never seen: they are added to the vocabulary, the
+   existing labels keep their weights.
+3. Evaluate, check that the new labels are predicted, and export a SavedModel for TF Serving.
+
+Without a CSV of your own, the notebook makes a demo one: outfit scenes, half of them with a
+yellow frame and the **new** label `framed`.
+"""),
+    code("""
+import subprocess
+import sys
+
+# In Colab, install the library; elsewhere it is assumed to be installed already
+# (pip install 'cnnrnn-tf[report]', or `make venv` in the repository).
+PACKAGE = "cnnrnn-tf[report]"  # or "cnnrnn-tf[report] @ git+https://github.com/<you>/cnnrnn_tf"
+if "google.colab" in sys.modules:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", PACKAGE])
+"""),
+    code("""
+import os
+
+# Your data: a CSV with columns image,labels (image paths relative to the CSV).
+CSV_TRAIN = os.environ.get("CNNRNN_NB_CSV_TRAIN", "")   # empty: make the demo CSV
+CSV_TEST = os.environ.get("CNNRNN_NB_CSV_TEST", "")
+LABEL_SEP = os.environ.get("CNNRNN_NB_LABEL_SEP", "|")
+# A trained MODEL_DIR to start from; empty: train a small one on the default data first.
+BASE_MODEL = os.environ.get("CNNRNN_NB_MODEL", "")
+
+N_TRAIN = int(os.environ.get("CNNRNN_NB_TRAIN", 2000))
+N_TEST = int(os.environ.get("CNNRNN_NB_TEST", 400))
+EPOCHS = int(os.environ.get("CNNRNN_NB_EPOCHS", 8))           # base model, if trained here
+FT_EPOCHS = int(os.environ.get("CNNRNN_NB_FT_EPOCHS", 6))     # fine-tuning
+FT_BATCH_SIZE = int(os.environ.get("CNNRNN_NB_FT_BATCH_SIZE", 16))
+FT_LEARNING_RATE = float(os.environ.get("CNNRNN_NB_FT_LEARNING_RATE", 1e-3))
+IMAGE_SIZE = int(os.environ.get("CNNRNN_NB_IMAGE_SIZE", 64))
+WORK = os.environ.get("CNNRNN_NB_WORK", "cnnrnn_work")
+FASHION_MNIST = os.environ.get("CNNRNN_NB_FASHION_MNIST")
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.makedirs(WORK, exist_ok=True)
+%matplotlib inline
+"""),
+    md("## 1. The model to start from"),
+    code("""
+from cnnrnn_tf.config import TrainConfig
+from cnnrnn_tf.data import build_fashion_outfits
+from cnnrnn_tf.model_dir import is_model_dir, load_model_dir
+from cnnrnn_tf.training import train
+
+OUTFITS = os.path.join(WORK, "outfits")
+if not BASE_MODEL:
+    BASE_MODEL = os.path.join(WORK, "base_model")
+    if not os.path.isdir(os.path.join(OUTFITS, "train")):
+        build_fashion_outfits(OUTFITS, num_train=N_TRAIN, num_test=N_TEST, seed=0,
+                              source_dir=FASHION_MNIST, progress=False)
+    if not is_model_dir(BASE_MODEL):
+        train(TrainConfig(image_size=IMAGE_SIZE, epochs=EPOCHS), os.path.join(OUTFITS, "train"),
+              os.path.join(OUTFITS, "test"), BASE_MODEL, verbose=2)
+base = load_model_dir(BASE_MODEL)
+print(f"{BASE_MODEL}: {base.config.model}, {base.image_size}px, labels: {', '.join(base.vocab.labels)}")
+"""),
+    md("""
+## 2. Your data set (CSV)
+
+The demo CSV: outfit scenes of the default data; every other one gets a yellow frame and the
+new label `framed`, next to its outfit labels (keeping old labels in the new data stops the
+model from forgetting them).
+"""),
+    code("""
+import csv
+
+import numpy as np
+from PIL import Image
+
+from cnnrnn_tf.report import example_images
+
+NEW_LABEL = "framed"
+
+
+def make_demo_csv(source_dir, out_dir, count, offset=0):
+    \"\"\"Writes out_dir/labels.csv and its PNGs from the scenes of a data folder.\"\"\"
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    images, labels = example_images(source_dir, offset + count)
+    path = os.path.join(out_dir, "labels.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "labels"])
+        for i, (image, names) in enumerate(zip(images[offset:], labels[offset:])):
+            image = image.copy()
+            if i % 2 == 0:
+                w = max(2, image.shape[0] // 12)
+                image[:w], image[-w:], image[:, :w], image[:, -w:] = 255, 255, 255, 255
+                image[:w, :, 2] = image[-w:, :, 2] = image[:, :w, 2] = image[:, -w:, 2] = 0
+                names = names + [NEW_LABEL]
+            name = f"images/{i:05d}.png"
+            Image.fromarray(image).save(os.path.join(out_dir, name))
+            writer.writerow([name, LABEL_SEP.join(names)])
+    return path
+
+
+if not CSV_TRAIN:
+    demo = os.path.join(WORK, "demo_csv")
+    if not os.path.isfile(os.path.join(demo, "test", "labels.csv")):
+        n_demo = max(16, min(N_TRAIN, 400))
+        CSV_TRAIN = make_demo_csv(os.path.join(OUTFITS, "train"), os.path.join(demo, "train"), n_demo)
+        CSV_TEST = make_demo_csv(os.path.join(OUTFITS, "test"), os.path.join(demo, "test"),
+                                 max(8, min(N_TEST, 100)))
+    CSV_TRAIN = os.path.join(demo, "train", "labels.csv")
+    CSV_TEST = os.path.join(demo, "test", "labels.csv")
+
+with open(CSV_TRAIN) as f:
+    print("".join(f.readlines()[:4]))
+"""),
+    code("""
+from cnnrnn_tf.data import convert_csv
+
+MY_DATA = os.path.join(WORK, "my_data")
+for split, path in (("train", CSV_TRAIN), ("test", CSV_TEST)):
+    if not os.path.isdir(os.path.join(MY_DATA, split)):
+        summary = convert_csv(path, os.path.join(MY_DATA, split), label_sep=LABEL_SEP)
+        print(split, summary.written, "images")
+"""),
+    md("""
+## 3. Fine-tune
+
+`finetune` loads the model, adds the labels of the new training data that it does not know
+(here `framed`) to the vocabulary and the label embedding (existing rows are copied, new rows
+start at the mean label row), orders the vocabulary by frequency in the new data (the paper's
+frequent-first label order) and trains on the new data.
+"""),
+    code("""
+from cnnrnn_tf.finetune import finetune
+
+TUNED = os.path.join(WORK, "tuned_model")
+if not is_model_dir(TUNED):
+    finetune(BASE_MODEL, os.path.join(MY_DATA, "train"), os.path.join(MY_DATA, "test"), TUNED,
+             epochs=FT_EPOCHS, batch_size=FT_BATCH_SIZE, learning_rate=FT_LEARNING_RATE, verbose=2)
+tuned = load_model_dir(TUNED)
+added = [x for x in tuned.vocab.labels if x not in base.vocab.labels]
+print("new labels:", ", ".join(added) or "(none)")
+"""),
+    md("## 4. Evaluate: is the new label predicted?"),
+    code("""
+from cnnrnn_tf.evaluation import predict_dataset
+from cnnrnn_tf.metrics import format_table, multilabel_metrics, per_class_table
+
+TEST = os.path.join(MY_DATA, "test")
+names = list(tuned.vocab.labels)
+preds = predict_dataset(tuned.model, tuned.vocab, TEST, tuned.image_size)
+metrics = multilabel_metrics(preds.y_true, preds.y_pred, preds.y_score, label_names=names)
+print(format_table(metrics, title="fine-tuned model on the new test data (percent)"))
+print()
+print(per_class_table(metrics))
+print()
+for label in added:
+    k = names.index(label)
+    has = preds.y_true[:, k] == 1
+    hits, false_alarms = int(preds.y_pred[has, k].sum()), int(preds.y_pred[~has, k].sum())
+    print(f"NEW LABEL {label!r} predicted on {hits} of {int(has.sum())} test images that have it "
+          f"(and on {false_alarms} of {int((~has).sum())} that do not)")
+"""),
+    code("""
+from cnnrnn_tf.report import plot_predictions
+
+plot_predictions(preds, TEST, names, count=8)
+"""),
+    md("""
+## 5. Export for TF Serving
+
+TF Serving loads `<model_base_path>/<version>/saved_model.pb`. The SavedModel decodes the
+image, resizes it and runs the beam search inside the graph; its `serving_default` signature
+takes serialized `tf.train.Example`s, `predict_images` takes PNG/JPEG bytes. Serve it with
+
+    docker run -p 8501:8501 -v $PWD/cnnrnn_work/serving:/models/cnnrnn -e MODEL_NAME=cnnrnn tensorflow/serving
+"""),
+    code("""
+import time
+
+import tensorflow as tf
+
+from cnnrnn_tf.export import export_saved_model
+from cnnrnn_tf.schema import iter_records
+
+version = str(int(time.time()))
+export_dir = export_saved_model(tuned.model, tuned.vocab, tuned.image_size,
+                                os.path.join(WORK, "serving", version))
+serving = tf.saved_model.load(export_dir)
+print(export_dir, "signatures:", sorted(serving.signatures))
+
+records = [r for _, r in zip(range(4), iter_records(TEST))]
+out = serving.signatures["predict_images"](images=tf.constant([r.image for r in records]))
+for r, labels, count in zip(records, out["labels"].numpy(), out["label_count"].numpy()):
+    print(r.image_id, "->", [x.decode() for x in labels[:count]], " truth:", r.labels)
+"""),
+]
+
+
+def build(path: str, cells) -> None:
+    nb = new_notebook(cells=cells, metadata={
+        "kernelspec": KERNEL,
+        "language_info": {"name": "python"},
+        "colab": {"provenance": []},
+    })
+    nbformat.validate(nb)
+    # ids are deterministic so the committed files only change when a cell changes
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:02d}"
+    with open(path, "w", encoding="utf-8") as f:
+        nbformat.write(nb, f)
+
+
+def main(out_dir: str = HERE) -> None:
+    build(os.path.join(out_dir, "01_quickstart.ipynb"), QUICKSTART)
+    build(os.path.join(out_dir, "02_finetune_keras.ipynb"), FINETUNE)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else HERE)
