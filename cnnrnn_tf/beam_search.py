@@ -96,6 +96,7 @@ def beam_search(
     start_id: int = 1,
     forbidden_ids: Sequence[int] = (1,),
     no_repeat: bool = True,
+    min_length: int = 0,
 ) -> Dict[str, tf.Tensor]:
     """Decodes the best label paths of a batch by beam search.
 
@@ -110,6 +111,10 @@ def beam_search(
       end_id, start_id: ids of the END and START tokens.
       forbidden_ids: tokens that are never emitted (START by default).
       no_repeat: never emit a token already on the beam's path.
+      min_length: END is masked (like a forbidden token, before the softmax) at
+        the first ``min_length`` steps, so every path has at least that many
+        labels (capped at ``max_length``). CNN-RNN uses 1: no training image has
+        an empty label set.
 
     Returns:
       A dict of tensors; see the module docstring.
@@ -124,6 +129,9 @@ def beam_search(
     forbidden = set(int(i) for i in forbidden_ids)
     if end_id in forbidden:
         raise ValueError("end_id must not be forbidden: every path has to end")
+    if int(min_length) < 0:
+        raise ValueError(f"min_length must be >= 0, got {min_length}")
+    min_len = min(int(min_length), L)
 
     B = tf.convert_to_tensor(batch_size, tf.int32)
     N = B * K
@@ -156,6 +164,8 @@ def beam_search(
         mask = tf.broadcast_to(forbidden_mask[None, :], tf.shape(logits))
         if no_repeat:
             mask = tf.logical_or(mask, seen)
+        if min_len > 0:
+            mask = tf.logical_or(mask, tf.logical_and(is_end[None, :], t < min_len))
         log_probs = tf.nn.log_softmax(tf.where(mask, tf.constant(MASK_VALUE, tf.float32), logits))
         probs = tf.exp(log_probs)
         live = tf.logical_not(finished)

@@ -24,7 +24,7 @@ from cnnrnn_tf.errors import InputError
 END_ID = 0
 START_ID = 1
 NUM_SPECIAL = 2
-LABEL_ORDERS = ("frequent-first", "rare-first", "random", "pla")
+LABEL_ORDERS = ("frequent-first", "rare-first", "random", "pla", "mla")
 VOCAB_FILE = "vocabulary.json"
 
 
@@ -139,10 +139,11 @@ def label_rank(vocab: LabelVocabulary, order: str, seed: int = 0) -> np.ndarray:
     ``frequent-first``: the vocabulary order (it is sorted by frequency).
     ``rare-first``: the reverse. ``random``: a fixed random permutation drawn
     from ``seed`` (the same for every image, as in the paper's ablation).
-    ``pla`` trains orderless; its fixed fallback order is frequent-first.
+    ``pla`` / ``mla`` train orderless (``cnnrnn_tf.label_alignment``): the model
+    re-orders each sequence at every step; the dataset gives it frequent-first.
     """
     n = len(vocab)
-    if order in ("frequent-first", "pla"):
+    if order in ("frequent-first", "pla", "mla"):
         return np.arange(n, dtype=np.int32)
     if order == "rare-first":
         return np.arange(n, dtype=np.int32)[::-1].copy()

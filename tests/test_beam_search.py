@@ -395,3 +395,31 @@ def test_argument_checks():
         beam_search(lambda t, s: (t, s), (), 1, 5, beam_size=0)
     with pytest.raises(ValueError):
         beam_search(lambda t, s: (t, s), (), 1, 5, forbidden_ids=(0, 1))
+
+
+def test_min_length_masks_end_at_the_first_steps_and_renormalises():
+    """The table prefers END at once; min_length=1 forces one label first."""
+    import math
+
+    # Tokens: 0 END, 1 START, 2 a, 3 b. From START: END .5, a .3, b .2 (START never).
+    table = np.log(np.array([
+        [0.5, 1e-9, 0.3, 0.2],   # after END (unused)
+        [0.5, 1e-9, 0.3, 0.2],   # after START
+        [0.9, 1e-9, 0.05, 0.05],  # after a
+        [0.9, 1e-9, 0.05, 0.05],  # after b
+    ], np.float32))
+
+    def step(tokens, state):
+        return tf.gather(tf.constant(table), tokens), state
+
+    state = tf.zeros([1, 1])
+    plain = beam_search(step, state, 1, 4, beam_size=2, max_length=2)
+    assert int(plain["length"][0]) == 0  # END first: the empty set
+    forced = beam_search(step, state, 1, 4, beam_size=2, max_length=2, min_length=1)
+    assert int(forced["length"][0]) == 1 and int(forced["tokens"][0, 0]) == 2
+    # a's probability is renormalised over the allowed tokens: .3 / (.3 + .2)
+    assert float(forced["token_probs"][0, 0]) == pytest.approx(0.6, rel=1e-4)
+    expected = math.log(0.6) + math.log(0.9 / (0.9 + 0.05))  # then END (b still allowed)
+    assert float(forced["log_prob"][0]) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="min_length"):
+        beam_search(step, state, 1, 4, min_length=-1)

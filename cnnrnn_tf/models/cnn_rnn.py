@@ -22,17 +22,32 @@ class CNNRNN(keras.Model):
         num_labels: size of the label vocabulary.
         max_labels: the longest label path decoded (labels, END excluded).
         beam_size: the default beam size of :meth:`decode`.
+        alignment: "none" (train on the dataset's fixed label order), "pla" or
+            "mla": orderless training (Yazici et al., CVPR 2020). Each train / test
+            step first runs the model in predicted-input mode (:meth:`predicted_path`),
+            re-orders every target sequence with ``cnnrnn_tf.label_alignment`` and
+            then takes the usual teacher-forced step on the aligned sequence.
+            ``call`` and ``decode`` are the same in every mode.
     """
 
     model_type = "cnn-rnn"
 
     def __init__(self, encoder, num_labels, embed_dim=64, lstm_units=256, max_labels=4,
-                 beam_size=3, joint_activation="relu", dropout=0.0, mask_seen=True, **kwargs):
+                 beam_size=3, joint_activation="relu", dropout=0.0, mask_seen=True,
+                 alignment="none", min_labels=1, **kwargs):
         super().__init__(**kwargs)
+        from cnnrnn_tf.label_alignment import ALIGNMENTS
+
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+        self.alignment = alignment
         self.encoder = encoder
         self.num_labels = int(num_labels)
         self.max_labels = int(max_labels)
         self.beam_size = int(beam_size)
+        # Paths decode at least this many labels (END is masked before): every
+        # training image has a label, so an empty set is never a right answer.
+        self.min_labels = int(min_labels)
         self.decoder = LabelDecoder(
             self.num_labels + NUM_SPECIAL, embed_dim=embed_dim, lstm_units=lstm_units,
             joint_activation=joint_activation, dropout=dropout, mask_seen=mask_seen,
@@ -52,16 +67,21 @@ class CNNRNN(keras.Model):
         ``probabilities`` float32 [B, num_labels] per-label ranking scores: the maximum
         over the best path's steps of the label's probability (see README).
         """
+        features = self.encoder(images, training=False)
+        return self.decode_features(features, beam_size, max_labels)
+
+    def decode_features(self, features, beam_size=None, max_labels=None):
+        """:meth:`decode` from the encoder's features [B, D] (the decoder part alone)."""
         from cnnrnn_tf.beam_search import beam_search
 
-        features = self.encoder(images, training=False)
         state = self.decoder.initial_state(features)
         result = beam_search(
-            self.decoder.step, state, batch_size=ops.shape(images)[0],
+            self.decoder.step, state, batch_size=ops.shape(features)[0],
             num_tokens=self.num_labels + NUM_SPECIAL,
             beam_size=int(beam_size or self.beam_size),
             max_length=int(max_labels or self.max_labels),
             end_id=END_ID, start_id=START_ID, forbidden_ids=(START_ID,), no_repeat=True,
+            min_length=self.min_labels,
         )
         tokens = result["tokens"]
         label_ids = ops.where(tokens >= NUM_SPECIAL, tokens - NUM_SPECIAL, -1)
@@ -73,6 +93,70 @@ class CNNRNN(keras.Model):
             "probabilities": result["max_probs"][:, NUM_SPECIAL:],
         }
 
+    # ---- orderless training (PLA / MLA) ----------------------------------
+    def predicted_path(self, images, steps):
+        """Greedy decoding in predicted-input mode for ``steps`` label steps.
+
+        END and START are never chosen and no label is chosen twice, so every
+        step predicts a label. Returns (tokens int32 [B, steps], log_probs float32
+        [B, steps, V]); the log-probabilities are over END + the labels not yet on
+        the path. Inference mode (no dropout, BatchNorm statistics), no gradient.
+        """
+        import tensorflow as tf
+
+        features = self.encoder(images, training=False)
+        state = self.decoder.initial_state(features)
+        num_tokens = self.num_labels + NUM_SPECIAL
+        tokens = ops.full((ops.shape(images)[0],), START_ID, dtype="int32")
+        seen = ops.zeros((ops.shape(images)[0], num_tokens), dtype="bool")
+        special = ops.arange(num_tokens) < NUM_SPECIAL
+        all_tokens, all_log_probs = [], []
+        for _ in range(int(steps)):
+            logits, state = self.decoder.step(tokens, state)
+            masked = ops.where(seen | (ops.arange(num_tokens) == START_ID), -1e9, logits)
+            log_probs = ops.log_softmax(masked, axis=-1)
+            choice = ops.where(seen | special, -1e9, logits)
+            tokens = ops.cast(ops.argmax(choice, axis=-1), "int32")
+            seen = seen | ops.cast(ops.one_hot(tokens, num_tokens), "bool")
+            all_tokens.append(tokens)
+            all_log_probs.append(log_probs)
+        tokens = tf.stop_gradient(ops.stack(all_tokens, axis=1))
+        return tokens, tf.stop_gradient(ops.stack(all_log_probs, axis=1))
+
+    def align_batch(self, data):
+        """(inputs, targets) -> the same with targets and label_inputs re-ordered."""
+        import tensorflow as tf
+
+        from cnnrnn_tf.label_alignment import align_targets, inputs_from_targets
+
+        x, y = data[0], data[1]
+        steps = y.shape[1] - 1 if y.shape[1] is not None else self.max_labels
+        tokens, log_probs = self.predicted_path(x["images"], steps)
+        keep = self.alignment == "pla"
+        aligned = tf.numpy_function(
+            lambda t, p, lp: align_targets(t, p, lp, keep).astype(t.dtype),
+            [y, tokens, log_probs], y.dtype, stateful=False)
+        aligned.set_shape(y.shape)
+        x = dict(x, label_inputs=ops.cast(inputs_from_targets(aligned),
+                                          x["label_inputs"].dtype))
+        return (x, aligned) + tuple(data[2:])
+
+    def train_step(self, data):
+        if self.alignment != "none":
+            data = self.align_batch(data)
+        return super().train_step(data)
+
+    def test_step(self, data):
+        if self.alignment != "none":
+            data = self.align_batch(data)
+        return super().test_step(data)
+
+    def compile(self, *args, **kwargs):
+        # The alignment runs scipy through tf.numpy_function, which XLA cannot compile.
+        if self.alignment != "none" and kwargs.get("jit_compile", "auto") == "auto":
+            kwargs["jit_compile"] = False
+        return super().compile(*args, **kwargs)
+
     def get_config(self):
         config = super().get_config()
         d = self.decoder
@@ -81,6 +165,7 @@ class CNNRNN(keras.Model):
             num_labels=self.num_labels, embed_dim=d.embed_dim, lstm_units=d.lstm_units,
             max_labels=self.max_labels, beam_size=self.beam_size,
             joint_activation=d.joint_activation, dropout=d.dropout_rate, mask_seen=d.mask_seen,
+            alignment=self.alignment, min_labels=self.min_labels,
         )
         return config
 

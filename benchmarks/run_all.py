@@ -1,0 +1,427 @@
+"""All benchmarks of the project, written to BENCHMARKS.md (what ``make bench`` runs).
+
+    .venv/bin/python benchmarks/run_all.py                 # the full run (about 60-90 min, 2 cores)
+    .venv/bin/python benchmarks/run_all.py --quick         # minutes: checks that everything runs
+    .venv/bin/python benchmarks/run_all.py --train 4000 --test 1000 --epochs 12 --seeds 3
+
+(a) Accuracy on the Fashion-MNIST outfits data and on its ``independent`` control
+    variant (same label frequencies, no dependencies): BCE, ASL and CNN-RNN with the
+    label orders frequent-first, rare-first, random and PLA; beam 1/3/5 for the best
+    CNN-RNN; small CNN vs frozen EfficientNet-Lite0. mAP, CF1, OF1, top-3 CF1/OF1,
+    mean and spread (min-max) over seeds.
+(b) Speed: training images/second per model; inference latency at batch 1 and 32,
+    encoder alone vs full decode with beam 1/3/5; in-graph vs Python-loop decoding.
+
+Time budget of the defaults (3000 / 1000 scenes, 12 epochs, 2 seeds), from measured
+throughput on 2 shared CPU cores: small-CNN models train at about 200-370 images/s
+(PLA about 100-140: it adds an inference pass and a host round trip per step), so
+about 2 min per model (PLA 5), 24 small-CNN models, 2 EfficientNet-Lite0 models at
+96 px (frozen: about 500 images/s), beam re-evaluations and the speed table: about
+60-90 min. Early stopping on the validation loss often ends runs sooner.
+
+Everything is cached under ``--work`` (default runs/bench): data, trained MODEL_DIRs
+and one JSON per result, keyed by the settings, so a re-run only computes what is
+missing (``--remeasure-speed`` re-times the speed figures).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SCRIPT = "benchmarks/run_all.py"
+LABEL_ORDER_RUNS = (  # (name, model, label_order)
+    ("BCE", "bce", "frequent-first"),
+    ("ASL", "asl", "frequent-first"),
+    ("CNN-RNN frequent-first", "cnn-rnn", "frequent-first"),
+    ("CNN-RNN rare-first", "cnn-rnn", "rare-first"),
+    ("CNN-RNN random", "cnn-rnn", "random"),
+    ("CNN-RNN PLA", "cnn-rnn", "pla"),
+)
+GRAMMARS = ("outfits", "independent")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train", type=int, default=None, help="training scenes (default 3000)")
+    p.add_argument("--test", type=int, default=None, help="test scenes (default 1000)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 12)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default 2)")
+    p.add_argument("--effnet-size", type=int, default=None,
+                   help="EfficientNet-Lite0 input size for the accuracy table (default 96)")
+    p.add_argument("--speed-repeats", type=int, default=None, help="timed calls (default 20)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny settings (train 256, test 128, 1 epoch, 1 seed): checks, not figures")
+    p.add_argument("--work", default="runs/bench")
+    p.add_argument("--output", default="BENCHMARKS.md")
+    p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--remeasure-speed", action="store_true")
+    args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+QUICK = dict(train=256, test=128, epochs=1, seeds=1, effnet_size=64, speed_repeats=5)
+DEFAULTS = dict(train=3000, test=1000, epochs=12, seeds=2, effnet_size=96, speed_repeats=20)
+
+
+def command_line(args) -> str:
+    parts = [".venv/bin/python", SCRIPT]
+    if args.quick:
+        parts.append("--quick")
+    parts += ["--train", str(args.train), "--test", str(args.test), "--epochs", str(args.epochs),
+              "--seeds", str(args.seeds), "--effnet-size", str(args.effnet_size)]
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------- caching
+class Cache:
+    def __init__(self, root):
+        self.root = os.path.join(root, "results")
+        os.makedirs(self.root, exist_ok=True)
+
+    def path(self, key):
+        return os.path.join(self.root, key.replace("/", "_") + ".json")
+
+    def get(self, key):
+        try:
+            with open(self.path(key), encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def put(self, key, value):
+        from cnnrnn_tf.model_dir import write_json
+
+        write_json(self.path(key), value)
+        return value
+
+
+def log(msg):
+    print(f"[{datetime.datetime.now().strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- data and training
+def data_dir(args, grammar):
+    from cnnrnn_tf.data import build_fashion_outfits
+
+    path = os.path.join(args.work, "data", f"{grammar}-train{args.train}-test{args.test}")
+    if not os.path.isdir(os.path.join(path, "test")):
+        log(f"building data {path}")
+        build_fashion_outfits(path, num_train=args.train, num_test=args.test, seed=0,
+                              grammar=grammar, progress=False)
+    return path
+
+
+def train_run(args, cache, grammar, model, label_order, seed, backbone="small-cnn",
+              image_size=64):
+    """Trains (or reuses) one model; returns its result dict (metrics + timing)."""
+    from cnnrnn_tf.config import TrainConfig
+    from cnnrnn_tf.model_dir import is_model_dir
+
+    name = f"{grammar}-n{args.train}-e{args.epochs}-{backbone}{image_size}-{model}-{label_order}-s{seed}"
+    cached = cache.get("train-" + name)
+    out = os.path.join(args.work, "models", name)
+    if cached is not None and is_model_dir(out):
+        return cached
+    import shutil
+
+    from cnnrnn_tf.training import train
+
+    shutil.rmtree(out, ignore_errors=True)
+    data = data_dir(args, grammar)
+    config = TrainConfig(model=model, label_order=label_order, seed=seed, backbone=backbone,
+                         image_size=image_size, epochs=args.epochs)
+    log(f"training {name}")
+    t0 = time.time()
+    timer = EpochTimer()
+    result = train(config, os.path.join(data, "train"), os.path.join(data, "test"), out,
+                   export=False, evaluate_after=True, verbose=0, extra_callbacks=[timer])
+    seconds = time.time() - t0
+    value = {
+        "name": name, "model_dir": out, "config": config.to_dict(), "info": result.info,
+        "metrics": _headline(result.metrics),
+        "train_images_per_second": timer.images_per_second(args.train),
+        "wall_seconds": round(seconds, 1),
+        "command": (f"cnnrnn train --train {data}/train --eval {data}/test --out {out} "
+                    f"--model {model} --backbone {backbone} --image-size {image_size} "
+                    f"--epochs {args.epochs} --label-order {label_order} --seed {seed}"),
+    }
+    return cache.put("train-" + name, value)
+
+
+def EpochTimer():
+    """A Keras callback: seconds of the training batches of each epoch (validation excluded)."""
+    import keras
+
+    class _Timer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+            self._t0 = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            if self._t0 is not None:
+                self.seconds.append(time.perf_counter() - self._t0)
+                self._t0 = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.on_test_begin()
+
+        def images_per_second(self, num_train):
+            # The first epoch includes tracing; use the later ones when there are any.
+            secs = self.seconds[1:] or self.seconds
+            return round(num_train / statistics.median(secs), 1) if secs else None
+
+    return _Timer()
+
+
+def _headline(metrics):
+    top = metrics.get(f"top{metrics.get('top_k', 3)}", {})
+    return {"mAP": metrics["mAP"], "CF1": metrics["CF1"], "OF1": metrics["OF1"],
+            "top3_CF1": top.get("CF1"), "top3_OF1": top.get("OF1"),
+            "beam_size": metrics.get("beam_size"),
+            "mean_predicted_labels": metrics.get("mean_predicted_labels")}
+
+
+def beam_run(args, cache, run, grammar, beam):
+    from cnnrnn_tf.evaluation import evaluate_model
+    from cnnrnn_tf.model_dir import load_model_dir
+
+    key = f"beam-{run['name']}-b{beam}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    loaded = load_model_dir(run["model_dir"])
+    data = data_dir(args, grammar)
+    metrics = evaluate_model(loaded.model, loaded.vocab, os.path.join(data, "test"),
+                             loaded.image_size, beam_size=beam)
+    return cache.put(key, {"metrics": _headline(metrics),
+                           "command": f"cnnrnn evaluate --model {run['model_dir']} "
+                                      f"--data {data}/test --beam-size {beam} --json"})
+
+
+# ---------------------------------------------------------------- speed
+def speed_runs(args, cache, model_dir):
+    """Latency of the trained small-CNN CNN-RNN and of a frozen EfficientNet-Lite0 CNN-RNN."""
+    import numpy as np
+
+    from cnnrnn_tf.benchmark import benchmark_model
+    from cnnrnn_tf.config import TrainConfig
+    from cnnrnn_tf.model_dir import load_model_dir
+    from cnnrnn_tf.models import build_model
+
+    rows = []
+    models = [("small-cnn 64px (trained)", lambda: load_model_dir(model_dir), model_dir)]
+
+    def effnet():
+        config = TrainConfig(backbone="efficientnet-lite0", image_size=224)
+        model = build_model(config, 10, 4)
+        model({"images": np.zeros((1, 224, 224, 3), "float32"),
+               "label_inputs": np.zeros((1, 5), "int32")})
+        return model
+
+    models.append(("efficientnet-lite0 224px frozen (untrained head)", effnet, None))
+    for label, make, mdir in models:
+        loaded = None
+        for batch in (1, 32):
+            for beam in (1, 3, 5):
+                key = f"speed-{label.split()[0]}-{label.split()[1]}-b{batch}-k{beam}-r{args.speed_repeats}"
+                if mdir:
+                    key += "-" + os.path.basename(mdir)
+                cached = None if args.remeasure_speed else cache.get(key)
+                if cached is None:
+                    if loaded is None:
+                        log(f"timing {label}")
+                        loaded = make()
+                    model = loaded.model if hasattr(loaded, "model") else loaded
+                    size = loaded.image_size if hasattr(loaded, "image_size") else 224
+                    r = benchmark_model(model, size, batch_size=batch, beam_size=beam,
+                                        repeats=args.speed_repeats, warmup=3,
+                                        python_loop=(beam == 1))
+                    r["label"] = label
+                    r["command"] = (f"cnnrnn benchmark --model {mdir} --batch-size {batch} "
+                                    f"--beam-size {beam} --repeats {args.speed_repeats} "
+                                    f"--python-loop --json" if mdir else
+                                    f"benchmarks/run_all.py (cnnrnn_tf.benchmark.benchmark_model "
+                                    f"on a freshly built model, batch {batch}, beam {beam})")
+                    cached = cache.put(key, r)
+                rows.append(cached)
+    return rows
+
+
+# ---------------------------------------------------------------- the report
+def fmt(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{statistics.mean(vals):.3f} ({min(vals):.3f}-{max(vals):.3f})"
+
+
+METRIC_COLS = ("mAP", "CF1", "OF1", "top3_CF1", "top3_OF1")
+
+
+def accuracy_table(rows):
+    """rows: (name, [result, ...]) -> markdown."""
+    lines = ["| model | " + " | ".join(METRIC_COLS) + " | labels/image | train img/s (median) |",
+             "|---|" + "---|" * (len(METRIC_COLS) + 2)]
+    for name, results in rows:
+        cells = [fmt([r["metrics"][k] for r in results]) for k in METRIC_COLS]
+        cells.append(fmt([r["metrics"].get("mean_predicted_labels") for r in results]))
+        speed = [r.get("train_images_per_second") for r in results if r.get("train_images_per_second")]
+        cells.append(f"{statistics.median(speed):.0f}" if speed else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.work, exist_ok=True)
+    cache = Cache(args.work)
+    t_start = time.time()
+    seeds = list(range(args.seeds))
+    cmd = command_line(args)
+    md = ["# Benchmarks", ""]
+    if args.quick:
+        md += ["> **QUICK MODE** (`--quick`): tiny data and one short epoch, to check that the "
+               "benchmark runs end to end. These are **not** the project's figures; run "
+               "`make bench` (or the command below without `--quick`) for them.", ""]
+    elif any(getattr(args, k) != v for k, v in DEFAULTS.items()):
+        md += ["> **Non-default settings** (see below): smaller than `make bench`'s defaults "
+               f"({', '.join(f'{k}={v}' for k, v in DEFAULTS.items())}); "
+               "indicative figures, not the project's final ones.", ""]
+    md += [f"- regenerate: `{cmd}` (cached under `{args.work}/`; a re-run only computes "
+           "what is missing)",
+           f"- settings: {args.train} training / {args.test} test scenes, {args.epochs} epochs "
+           f"(early stopping on the validation loss may stop sooner), seeds {seeds}, "
+           "small CNN at 64 px unless noted, beam 3 unless noted",
+           f"- machine: `{platform.platform()}`, {platform.processor() or platform.machine()}, "
+           f"{os.cpu_count()} CPUs (shared with other jobs: timings are indicative), "
+           f"Python {platform.python_version()}",
+           f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+           ""]
+    best_dir = None
+    if not args.skip_accuracy:
+        md += ["## (a) Accuracy", "",
+               "Cells: mean over seeds, (min-max) when there are several seeds. "
+               "labels/image: mean size of the predicted set. Every model was trained with "
+               "`cnnrnn train ... --model M --label-order O --seed S` (exact commands in "
+               f"`{args.work}/results/train-*.json`) and scored on the test split.", ""]
+        for grammar in GRAMMARS:
+            rows = []
+            for name, model, order in LABEL_ORDER_RUNS:
+                rows.append((name, [train_run(args, cache, grammar, model, order, s)
+                                    for s in seeds]))
+            title = "outfit grammar (default data)" if grammar == "outfits" else \
+                "`independent` control (no label dependencies)"
+            md += [f"### {title}", "", f"Data: `cnnrnn data fashion-outfits --train {args.train} "
+                   f"--test {args.test} --seed 0" + (" --grammar independent" if grammar != "outfits"
+                                                     else "") + "`", "",
+                   accuracy_table(rows), ""]
+            if grammar == "outfits":
+                cnnrnn_rows = [(n, rs) for n, rs in rows if n.startswith("CNN-RNN")]
+                best_name, best_runs = max(cnnrnn_rows, key=lambda nr: statistics.mean(
+                    r["metrics"]["mAP"] for r in nr[1]))
+                best_dir = best_runs[0]["model_dir"]
+                outfit_rows = rows
+        md += [f"### Beam size ({best_name}, the best CNN-RNN by mAP on the outfits data)", "",
+               f"Command: `cnnrnn evaluate --model MODEL_DIR --data DATA/test --beam-size K` "
+               f"for each seed's MODEL_DIR.", ""]
+        beam_rows = []
+        for beam in (1, 3, 5):
+            beam_rows.append((f"beam {beam}", [beam_run(args, cache, r, "outfits", beam)
+                                                for r in best_runs]))
+        md += [accuracy_table(beam_rows), ""]
+        md += ["### Encoder: small CNN (64 px, trained) vs frozen EfficientNet-Lite0 "
+               f"({args.effnet_size} px, ImageNet weights)", "",
+               f"Outfits data, seed 0. EfficientNet-Lite0 command: `cnnrnn train ... --backbone "
+               f"efficientnet-lite0 --image-size {args.effnet_size}`.", ""]
+        enc_rows = [(f"small CNN: {n}", [rs[0]]) for n, rs in outfit_rows
+                    if n in ("BCE", "CNN-RNN frequent-first")]
+        for name, model, order in (("BCE", "bce", "frequent-first"),
+                                   ("CNN-RNN frequent-first", "cnn-rnn", "frequent-first")):
+            enc_rows.append((f"EfficientNet-Lite0: {name}",
+                             [train_run(args, cache, "outfits", model, order, 0,
+                                        backbone="efficientnet-lite0",
+                                        image_size=args.effnet_size)]))
+        md += [accuracy_table(enc_rows), ""]
+        md += _observations(outfit_rows, args)
+    if not args.skip_speed:
+        if best_dir is None:
+            best_dir = train_run(args, cache, "outfits", "cnn-rnn", "frequent-first", 0)["model_dir"]
+        rows = speed_runs(args, cache, best_dir)
+        md += ["## (b) Inference speed", "",
+               "Medians of timed calls (after warm-up) on random images; `full` = encoder + "
+               "beam search, the compiled function `cnnrnn predict` / `evaluate` use; "
+               "`decode` = full - encoder; `decoder alone` = the beam search on precomputed features "
+               "(the decode's own cost, measured directly); greedy columns: encoder + greedy decode, "
+               "in the graph vs a Python loop calling the compiled step once per label. "
+               "Command per row: "
+               "`cnnrnn benchmark --model MODEL_DIR --batch-size B --beam-size K --python-loop --json`"
+               " (the EfficientNet rows time a freshly built, untrained model: same cost).", "",
+               "| model | batch | beam | encoder ms | full ms | decode ms | decoder alone ms | full/encoder "
+               "| images/s | in-graph greedy ms | Python-loop greedy ms |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            md.append(f"| {r['label']} | {r['batch_size']} | {r['beam_size']} | "
+                      f"{r['encoder_ms_per_batch']:.2f} | {r['full_ms_per_batch']:.2f} | "
+                      f"{r['decode_ms_per_batch']:.2f} | {_ms(r.get('decoder_only_ms_per_batch'))} | "
+                      f"{r['decode_ratio']:.2f} | "
+                      f"{r['images_per_second']:.0f} | "
+                      f"{_ms(r.get('full_beam1_ms_per_batch'))} | "
+                      f"{_ms(r.get('python_loop_ms_per_batch'))} |")
+        goal = [r for r in rows if r["label"].startswith("efficientnet")
+                and r["batch_size"] == 32 and r["beam_size"] == 3]
+        if goal:
+            g = goal[0]
+            md += ["", f"Goal (frozen EfficientNet-Lite0, 224 px, batch 32, beam 3: full within 15% "
+                   f"of the encoder alone): full/encoder = {g['decode_ratio']:.3f}, "
+                   + ("met." if g["decode_ratio"] <= 1.15 else "**not met** in this run.")]
+        md += ["", f"Device: {rows[0]['device']}, TensorFlow {rows[0]['tensorflow_version']}, "
+               f"{args.speed_repeats} timed calls each.", "",
+               "Training speed: the `train img/s` column of the accuracy tables: training images "
+               "per second of the training batches of an epoch (median over epochs after the "
+               "first, which includes tracing; validation excluded; input pipeline included).",
+               ""]
+    md += [f"_Total time of this run: {(time.time() - t_start) / 60:.1f} min "
+           "(cached results reused where present)._", ""]
+    with open(args.output, "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    log(f"wrote {args.output}")
+    return 0
+
+
+def _ms(value):
+    return "" if value is None else f"{value:.2f}"
+
+
+def _observations(rows, args):
+    by = {n: statistics.mean(r["metrics"]["mAP"] for r in rs) for n, rs in rows}
+    ff, bce, pla = by["CNN-RNN frequent-first"], by["BCE"], by["CNN-RNN PLA"]
+    out = ["### What these figures say (written by the script from the numbers above)", ""]
+    out.append(f"- Outfits data, mAP: CNN-RNN frequent-first {ff:.3f} vs BCE {bce:.3f}: "
+               + ("CNN-RNN is better." if ff > bce else "CNN-RNN does **not** beat BCE here."))
+    out.append(f"- PLA {pla:.3f} vs frequent-first {ff:.3f}: "
+               + ("PLA is better." if pla > ff else "PLA is **not** better here."))
+    if args.seeds < 2:
+        out.append("- One seed only: differences of a few points are within the run-to-run noise.")
+    return out + [""]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Orderless training: PLA / MLA alignment on hand-written tables, and in the model."""
+import numpy as np
+import keras
+import pytest
+import tensorflow as tf
+
+from cnnrnn_tf.label_alignment import align_row, align_targets, inputs_from_targets
+from cnnrnn_tf.losses import sequence_crossentropy
+from cnnrnn_tf.models import CNNRNN
+from cnnrnn_tf.vocabulary import END_ID, START_ID
+
+V = 9  # END, START, labels 0..6 (tokens 2..8)
+
+
+def table(entries, steps, default=-20.0):
+    """log-probability table [steps, V] with {(step, token): log p}."""
+    lp = np.full((steps, V), default, np.float32)
+    for (t, k), v in entries.items():
+        lp[t, k] = v
+    return lp
+
+
+def test_pla_keeps_predicted_true_labels_and_fills_the_rest():
+    # predicted 3 at step 0 (true), 5 at step 1 (false), 2 at step 2 (true): 4 goes to step 1.
+    lp = table({}, 3)
+    assert align_row([2, 3, 4], [3, 5, 2], lp) == [3, 4, 2]
+
+
+def test_pla_fills_free_steps_by_minimum_total_cost_not_greedily():
+    # 4 is kept at step 1. Free steps 0, 2, 3 for labels 2, 3, 5; costs -log p:
+    #   step 0: 2->1.0, 3->1.2 ; step 2: 2->1.1 ; step 3: 5->1.0 ; everything else 9.
+    # Step-by-step greedy would put 2 at step 0 and pay 9 at step 2; Hungarian: [3, 4, 2, 5].
+    lp = table({(0, 2): -1.0, (0, 3): -1.2, (2, 2): -1.1, (3, 5): -1.0}, 4, default=-9.0)
+    assert align_row([2, 3, 4, 5], [6, 4, 7, 8], lp) == [3, 4, 2, 5]
+
+
+def test_mla_ignores_what_was_predicted():
+    # Predicted path (5, 2): PLA keeps 2 at step 1 and puts 3 at step 0 (cost 3 + 0.5);
+    # MLA takes the cheapest assignment of both labels: 2 at step 0, 3 at step 1 (1 + 1).
+    lp = table({(0, 5): -0.3, (0, 2): -1.0, (0, 3): -3.0, (1, 2): -0.5, (1, 3): -1.0}, 2)
+    assert align_row([2, 3], [5, 2], lp, keep_predicted=True) == [3, 2]
+    assert align_row([2, 3], [5, 2], lp, keep_predicted=False) == [2, 3]
+
+
+def test_masked_labels_are_never_assigned_where_they_cannot_be_emitted():
+    # 2 was predicted at step 0, so it is masked (log p = -1e9) at step 1.
+    lp = table({(0, 2): -0.1, (0, 3): -0.2, (1, 2): -1e9, (1, 3): -3.0}, 2)
+    assert align_row([3, 2], [2, 4], lp, keep_predicted=False) == [2, 3]
+
+
+def test_align_targets_keeps_end_and_padding_and_one_label_rows():
+    targets = np.array([[3, 2, 4, END_ID], [5, END_ID, -1, -1]], np.int32)
+    preds = np.array([[4, 2, 3], [6, 7, 8]], np.int32)
+    lp = np.stack([table({}, 3), table({}, 3)])
+    out = align_targets(targets, preds, lp)
+    np.testing.assert_array_equal(out, [[4, 2, 3, END_ID], [5, END_ID, -1, -1]])
+    np.testing.assert_array_equal(np.asarray(inputs_from_targets(out)),
+                                  [[START_ID, 4, 2, 3], [START_ID, 5, END_ID, END_ID]])
+
+
+# ---------------------------------------------------------------- in the model
+def tiny_model(alignment="pla", num_labels=4, max_labels=3):
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    encoder = keras.Model(inputs, x, name="tiny_encoder")
+    return CNNRNN(encoder, num_labels, embed_dim=8, lstm_units=16, max_labels=max_labels,
+                  beam_size=2, alignment=alignment)
+
+
+def tiny_batch(n=8, seed=0):
+    rng = np.random.RandomState(seed)
+    images = rng.uniform(0, 255, (n, 16, 16, 3)).astype("float32")
+    targets = np.full((n, 4), -1, np.int32)
+    for i in range(n):
+        labels = 2 + rng.permutation(4)[: 1 + i % 3]
+        targets[i, : len(labels)] = labels
+        targets[i, len(labels)] = END_ID
+    inputs = np.asarray(inputs_from_targets(targets))
+    return {"images": images, "label_inputs": inputs}, targets
+
+
+def test_align_batch_permutes_each_row_and_matches_the_greedy_path():
+    model = tiny_model("pla")
+    x, y = tiny_batch()
+    model(x)
+    tokens, log_probs = model.predicted_path(x["images"], 3)
+    tokens = tokens.numpy()
+    assert ((tokens >= 2) & (tokens < 6)).all()          # labels only
+    assert all(len(set(row)) == 3 for row in tokens)      # no label twice
+    new_x, new_y = model.align_batch((x, tf.constant(y)))
+    new_y = new_y.numpy()
+    for row, old, pred in zip(new_y, y, tokens):
+        assert sorted(row.tolist()) == sorted(old.tolist())    # same labels, END, padding
+        n = int((old >= 2).sum())
+        assert row[n] == END_ID
+        for t in range(n):                                     # PLA keeps right predictions
+            if pred[t] in old[:n]:
+                assert row[t] == pred[t]
+    np.testing.assert_array_equal(new_x["label_inputs"].numpy(),
+                                  np.asarray(inputs_from_targets(new_y)))
+
+
+@pytest.mark.parametrize("alignment", ["pla", "mla"])
+def test_fit_steps_decrease_the_aligned_loss(alignment):
+    keras.utils.set_random_seed(0)
+    model = tiny_model(alignment)
+    x, y = tiny_batch()
+    model(x)  # built, as training.train does before compile
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=sequence_crossentropy())
+    before = model.evaluate(x, y, verbose=0)
+    history = model.fit(x, y, batch_size=8, epochs=5, verbose=0)
+    after = model.evaluate(x, y, verbose=0)
+    assert after < before
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_keras_round_trip_keeps_alignment_and_outputs(tmp_path):
+    model = tiny_model("pla")
+    x, y = tiny_batch()
+    model(x)
+    model.compile(optimizer="adam", loss=sequence_crossentropy())
+    model.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.alignment == "pla"
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+    a, b = model.decode(x["images"]), loaded.decode(x["images"])
+    np.testing.assert_array_equal(a["label_ids"].numpy(), b["label_ids"].numpy())
+
+
+def test_unknown_alignment_is_refused():
+    with pytest.raises(ValueError):
+        tiny_model("nonsense")
+
+
+@pytest.mark.slow
+def test_train_with_label_order_pla(tiny_data):
+    from cnnrnn_tf.config import TrainConfig
+    from cnnrnn_tf.training import train
+
+    config = TrainConfig(image_size=32, batch_size=16, epochs=2, lstm_units=16, embed_dim=8,
+                         label_order="pla")
+    result = train(config, str(tiny_data / "train"), str(tiny_data / "test"),
+                   str(tiny_data / "model"), export=False, verbose=0)
+    assert result.model.alignment == "pla"
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    assert 0.0 <= result.metrics["mAP"] <= 1.0
