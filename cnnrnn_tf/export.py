@@ -32,6 +32,7 @@ from typing import Optional
 import tensorflow as tf
 
 from cnnrnn_tf import schema
+from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.preprocessing import decode_images
 from cnnrnn_tf.vocabulary import LabelVocabulary
 
@@ -140,7 +141,16 @@ def export_saved_model(model, vocab: LabelVocabulary, image_size: int, out_dir: 
     a reader never sees a half-written SavedModel.
     """
     out_dir = os.path.normpath(out_dir)
+    if os.path.exists(out_dir):
+        # Replace only an earlier export (or an empty folder), never a user's file or folder.
+        if not os.path.isdir(out_dir):
+            raise InputError(f"{out_dir}: exists and is not a folder; choose another --out")
+        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "saved_model.pb")):
+            raise InputError(f"{out_dir}: folder is not empty and holds no SavedModel "
+                             "(saved_model.pb); choose another --out")
     parent = os.path.dirname(out_dir) or "."
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise InputError(f"{parent}: exists and is not a folder")
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".tmp-export-{uuid.uuid4().hex[:8]}")
     try:
@@ -156,7 +166,12 @@ def export_saved_model(model, vocab: LabelVocabulary, image_size: int, out_dir: 
         if os.path.exists(out_dir):
             old = f"{tmp}-old"
             os.rename(out_dir, old)
-        os.rename(saved, out_dir)
+        try:
+            os.rename(saved, out_dir)
+        except BaseException:
+            if old:  # put the previous export back
+                os.rename(old, out_dir)
+            raise
         if old:
             shutil.rmtree(old, ignore_errors=True)
     finally:

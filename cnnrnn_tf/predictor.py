@@ -10,7 +10,7 @@ from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.io_utils import read_bytes
 from cnnrnn_tf.evaluation import decode_function
 from cnnrnn_tf.model_dir import load_model_dir
-from cnnrnn_tf.preprocessing import decode_image
+from cnnrnn_tf.preprocessing import TOO_LARGE_MESSAGE, check_image_bytes, decode_image
 
 
 def read_image_file(path: str) -> bytes:
@@ -18,11 +18,18 @@ def read_image_file(path: str) -> bytes:
 
 
 def decode_image_bytes(data: bytes, image_size: int, name: str = "image") -> np.ndarray:
-    """Decodes one image eagerly, turning TF's errors into an InputError naming it."""
+    """Decodes one image eagerly, turning bad bytes into an InputError naming it.
+
+    The bytes are checked with Pillow first (check_image_bytes: header size limit,
+    complete decode), so libjpeg never prints its own complaint to stderr.
+    """
+    check_image_bytes(data, name)
     try:
         return decode_image(tf.constant(data), image_size).numpy()
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
-        raise InputError(f"{name}: not a decodable PNG/JPEG/GIF/BMP image (or too large)") from None
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+        if TOO_LARGE_MESSAGE in exc.message:
+            raise InputError(f"{name}: {TOO_LARGE_MESSAGE}") from None
+        raise InputError(f"{name}: not a decodable PNG/JPEG/GIF/BMP image") from None
 
 
 def format_result(name: str, labels: Sequence[str], scores: Sequence[float]) -> Dict:

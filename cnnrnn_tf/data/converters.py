@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.io_utils import read_bytes
+from cnnrnn_tf.preprocessing import MAX_IMAGE_SIDE, TOO_LARGE_MESSAGE
 from cnnrnn_tf.schema import SHARD_GLOB, ShardWriter, image_format, make_example, validate_label
 
 DEFAULT_RECORDS_PER_SHARD = 2048
@@ -171,10 +172,15 @@ def read_image_file(path: str, where: str) -> bytes:
     allowed = ["PNG"] if fmt == "png" else ["JPEG"] if fmt == "jpeg" else list(CONVERTED_FORMATS)
     try:
         with Image.open(io.BytesIO(data), formats=allowed) as image:
+            if max(image.size) > MAX_IMAGE_SIDE:  # from the header, before decoding
+                raise InputError(f"{where}: {path}: {TOO_LARGE_MESSAGE} "
+                                 f"({image.size[0]}x{image.size[1]})")
             image.load()
             if fmt is not None:
                 return data
             return _to_png(image)
+    except InputError:
+        raise
     except UnidentifiedImageError:
         raise InputError(
             f"{where}: {path} is not an image file (expected PNG or JPEG; "
@@ -267,7 +273,7 @@ def convert_csv(
     base = os.path.dirname(os.path.abspath(csv_path))
 
     def examples():
-        reader = csv.reader(io.StringIO(text, newline=""))
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # e.g. an open quote
         header: Optional[List[str]] = None
         image_col = labels_col = -1
         consumed = 0

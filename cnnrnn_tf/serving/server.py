@@ -341,6 +341,10 @@ class ModelManager:
 
 
 # --------------------------------------------------------------------------- request handling
+# Values per input tensor when no --max-batch-size is set (checked on the declared shape).
+MAX_REQUEST_ELEMENTS = 1 << 16
+
+
 class PredictionCore:
     """Predict / metadata / status, transport-independent (gRPC and REST share it)."""
 
@@ -409,6 +413,18 @@ class PredictionCore:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"Expects arg[{index}] ({alias}) to be {_dtype_name(info.dtype)} but "
                     f"{_dtype_name(proto.dtype)} is provided")
+            # Check the declared shape before materialising it: a 12-byte TensorProto can
+            # claim a billion strings (make_ndarray would pad a list to that length).
+            dims = [d.size for d in proto.tensor_shape.dim]
+            if any(d < 0 for d in dims):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"tensor parsing error: {alias} (negative dimension {dims})")
+            elements = int(np.prod(dims, dtype=np.float64)) if dims else 1
+            limit = self.max_batch_size or MAX_REQUEST_ELEMENTS
+            if elements > limit:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"Task size {elements} is larger than maximum input batch size {limit}")
             try:
                 array = tf.make_ndarray(proto)
             except Exception:
