@@ -114,7 +114,8 @@ def _train_config(args):
                   beam_size=args.beam_size, max_labels=args.max_labels, augment=args.augment,
                   fine_tune=args.fine_tune, mixed_precision=args.mixed_precision,
                   threshold=args.threshold, steps_per_epoch=args.steps_per_epoch,
-                  early_stopping_patience=args.patience)
+                  early_stopping_patience=args.patience,
+                  early_stopping=not args.no_early_stopping)
     if args.no_pretrained_weights:
         fields["weights"] = "none"
     return TrainConfig(**fields)
@@ -274,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-labels", type=positive_int, default=None)
     p.add_argument("--threshold", type=probability, default=0.5, help="bce/asl decision threshold")
     p.add_argument("--steps-per-epoch", type=positive_int, default=None)
-    p.add_argument("--patience", type=non_negative_int, default=4, help="early stopping patience")
+    p.add_argument("--patience", type=non_negative_int, default=None,
+                   help="early stopping patience in epochs (default: max(4, epochs/3))")
+    p.add_argument("--no-early-stopping", action="store_true")
     p.add_argument("--augment", action="store_true")
     p.add_argument("--fine-tune", action="store_true", help="train a pretrained encoder too")
     p.add_argument("--no-pretrained-weights", action="store_true",

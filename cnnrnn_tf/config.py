@@ -37,7 +37,12 @@ class TrainConfig:
     fine_tune: bool = False
     weights: str = "default"
     mixed_precision: bool = False
-    early_stopping_patience: Optional[int] = 4
+    # None: max(4, a third of the planned epochs). Early stopping restores the best
+    # weights; with the cosine decay the last epochs are usually the best, and the
+    # validation loss spikes while the learning rate is high (seen on 3k scenes:
+    # 0.49 -> 2.36 at epoch 9 of 27), so a short patience would cut the schedule.
+    early_stopping_patience: Optional[int] = None
+    early_stopping: bool = True
     steps_per_epoch: Optional[int] = None
     validation_steps: Optional[int] = None
 
@@ -65,7 +70,7 @@ class TrainConfig:
         if not (0.0 < float(self.threshold) < 1.0):
             raise InputError(f"--threshold: {self.threshold} is not in (0, 1)")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
-            raise InputError("--early-stopping-patience: must be >= 0")
+            raise InputError("--patience: must be >= 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,6 +100,15 @@ def default_epochs(num_train: int) -> int:
     if num_train <= 0:
         return 1
     return int(min(40, max(6, round(80_000 / num_train))))
+
+
+def early_stopping_patience(config: "TrainConfig", epochs: int) -> Optional[int]:
+    """The patience in force: None when early stopping is off."""
+    if not config.early_stopping:
+        return None
+    if config.early_stopping_patience is not None:
+        return int(config.early_stopping_patience)
+    return max(4, epochs // 3)
 
 
 def _choice(flag, value, choices):

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 
 from cnnrnn_tf import __version__
-from cnnrnn_tf.config import TrainConfig, default_epochs
+from cnnrnn_tf.config import TrainConfig, default_epochs, early_stopping_patience
 from cnnrnn_tf.dataset import choose_max_labels, make_dataset, scan_labels
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.model_dir import (HISTORY_FILE, METRICS_FILE, SAVED_MODEL_DIR, is_model_dir,
@@ -168,9 +168,10 @@ def train(
                                                          update_freq="epoch"))
         else:  # TensorFlow >= 2.20 no longer installs TensorBoard
             log.warning("tensorboard is not installed: no TensorBoard logs in %s", out_dir)
-        if config.early_stopping_patience is not None:
+        patience = early_stopping_patience(config, epochs)
+        if patience is not None:
             callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=config.early_stopping_patience,
+                monitor="val_loss", patience=patience,
                 restore_best_weights=True, verbose=min(verbose, 1)))
         callbacks += extra_callbacks or []
         resumed = _backup_epoch(os.path.join(out_dir, BACKUP_DIR))

@@ -111,3 +111,12 @@ def test_make_example_rejects_bad_labels():
         schema.make_example(b"x", ["a\nb"])
     with pytest.raises(InputError, match="image bytes are empty"):
         schema.make_example(b"", ["a"])
+
+
+def test_early_stopping_patience_follows_the_schedule():
+    from cnnrnn_tf.config import TrainConfig, early_stopping_patience
+
+    assert early_stopping_patience(TrainConfig(), 8) == 4
+    assert early_stopping_patience(TrainConfig(), 27) == 9
+    assert early_stopping_patience(TrainConfig(early_stopping_patience=2), 27) == 2
+    assert early_stopping_patience(TrainConfig(early_stopping=False), 27) is None
