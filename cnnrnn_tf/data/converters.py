@@ -446,16 +446,9 @@ def convert_coco(
 
 def _read_split_ids(split_path: str) -> List[str]:
     try:
-        with open(split_path, "r", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise InputError(f"{split_path}: split file does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"{split_path}: is a folder, expected a split file") from None
+        lines = read_bytes(split_path, "split file", allow_empty=True).decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise InputError(f"{split_path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise InputError(f"{split_path}: cannot read split file ({exc.strerror or exc})") from None
     ids: List[str] = []
     seen = set()
     for line in lines:

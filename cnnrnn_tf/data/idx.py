@@ -25,6 +25,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.io_utils import read_bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
 IMAGES_MAGIC = 0x00000803
@@ -58,15 +59,7 @@ def _code_for_dtype(dtype: np.dtype) -> Optional[int]:
 def _read_bytes(path: str) -> bytes:
     """Reads a file, gunzipping it when it starts with the gzip magic."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise InputError(f"{path}: IDX file does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, expected an IDX file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read IDX file ({exc.strerror or exc})") from None
+    data = read_bytes(path, "IDX file")
     if data.startswith(GZIP_MAGIC):
         try:
             data = gzip.decompress(data)
