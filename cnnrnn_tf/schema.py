@@ -144,10 +144,11 @@ def list_shards(data_dir: str) -> List[str]:
     return paths
 
 
-def iter_records(data_dir_or_files, check: bool = True) -> Iterator[Record]:
+def iter_records(data_dir_or_files) -> Iterator[Record]:
     """Yields the records of a data folder (or a list of shard files), in order.
 
     Corrupt shards and malformed records raise InputError naming the shard.
+    Records without labels are yielded as they are (prediction data may have none).
     """
     files = (
         list_shards(data_dir_or_files)
@@ -159,10 +160,7 @@ def iter_records(data_dir_or_files, check: bool = True) -> Iterator[Record]:
         index = 0
         try:
             for serialized in dataset.as_numpy_iterator():
-                record = parse_example_proto(serialized, f"{path} record {index}")
-                if check and not record.labels:
-                    pass  # unlabelled records are allowed for prediction
-                yield record
+                yield parse_example_proto(serialized, f"{path} record {index}")
                 index += 1
         except tf.errors.OpError as exc:
             raise InputError(
