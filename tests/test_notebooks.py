@@ -101,8 +101,13 @@ def test_finetune_notebook_predicts_the_new_label(workdir, monkeypatch):
                   r"\(and on (\d+) of (\d+) that do not\)", text)
     assert m, text[-3000:]
     hits, positives, false_alarms, negatives = map(int, m.groups())
-    assert positives > 0 and hits / positives >= 0.5, m.group(0)
-    assert false_alarms / negatives <= 0.5, m.group(0)
+    assert positives > 0 and negatives > 0
+    hit_rate, false_alarm_rate = hits / positives, false_alarms / negatives
+    # Found on most images that have it, and clearly more often than on those that do not.
+    # (A hard false-alarm cap of 0.5 flaked: the base model here is 1 epoch on 96 images,
+    # and the same run gave 0/16 or 11/16 false alarms; see the issue note.)
+    assert hit_rate >= 0.75, m.group(0)
+    assert hit_rate - false_alarm_rate >= 0.25, m.group(0)
     m = re.search(r"signatures: (\[.*\])", text)
     assert m and {"'serving_default'", "'predict_images'"} <= set(m.group(1)[1:-1].split(", "))
     assert re.search(r"-> \[[^]]*'framed'", text), "the SavedModel predicts no 'framed'"
