@@ -233,12 +233,17 @@ def plot_examples(images: Sequence[np.ndarray], true_labels: Sequence[Sequence[s
     n = len(images)
     columns = max(1, min(columns, n))
     rows = max(1, -(-n // columns))
-    fig = _figure(2.6 * columns, 3.3 * rows)
-    grid = fig.subplots(rows, columns, squeeze=False)
+    # Each grid row is an image row and, under it, a row that holds the label lines,
+    # tall enough for max_lines, so no text runs into the next image's title.
+    text_height = 0.18 * max_lines
+    fig = _figure(2.6 * columns, (2.6 + text_height) * rows)
+    grid = fig.subplots(2 * rows, columns, squeeze=False,
+                        gridspec_kw={"height_ratios": [2.3, text_height] * rows})
     for ax in grid.ravel():
         ax.axis("off")
     for i in range(n):
-        ax = grid.ravel()[i]
+        ax = grid[2 * (i // columns), i % columns]
+        text_ax = grid[2 * (i // columns) + 1, i % columns]
         ax.imshow(np.asarray(images[i]), interpolation="nearest")
         truth = set(true_labels[i])
         lines = []
@@ -255,12 +260,13 @@ def plot_examples(images: Sequence[np.ndarray], true_labels: Sequence[Sequence[s
         if len(lines) > max_lines:
             lines = lines[:max_lines - 1] + [(f"... {len(lines) - max_lines + 1} more", MISSED)]
         for j, (text, color) in enumerate(lines):
-            ax.text(0.0, -0.03 - 0.12 * j, text, color=color, transform=ax.transAxes,
-                    va="top", ha="left", fontsize=9, fontweight="bold" if color != MISSED else None)
+            text_ax.text(0.0, 1.0 - j / max_lines, text, color=color, transform=text_ax.transAxes,
+                         va="top", ha="left", fontsize=9,
+                         fontweight="bold" if color != MISSED else None)
         if ids is not None:
             ax.set_title(str(ids[i]), fontsize=8)
     fig.suptitle("Predictions: \u2713 correct (green), \u2717 wrong (red), missed (grey)")
-    fig.get_layout_engine().set(h_pad=0.1, hspace=0.05)
+    fig.get_layout_engine().set(h_pad=0.02, hspace=0.02)
     return fig
 
 

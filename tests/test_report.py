@@ -46,6 +46,33 @@ def test_cooccurrence_matrix():
     assert np.isnan(m[2]).all()  # a label that never occurs
 
 
+def test_example_grid_text_stays_clear_of_the_images():
+    """The label lines under an image never run into another image or its title."""
+    pytest.importorskip("matplotlib")
+    from cnnrnn_tf.report import plot_examples
+
+    n = 8
+    images = [np.zeros((16, 16, 3), np.uint8)] * n
+    truth = [["a", "b", "c", "d", "e", "f"]] * n  # 4 predicted + missed: max_lines used
+    predicted = [[("a", 0.9), ("b", 0.8), ("x", 0.7), ("y", 0.6)]] * n
+    fig = plot_examples(images, truth, predicted, ids=[f"image-{i}" for i in range(n)])
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    image_axes = [ax for ax in fig.axes if ax.images]
+    assert len(image_axes) == n
+    blocks = [ax.get_window_extent(renderer) for ax in image_axes]
+    blocks += [ax.title.get_window_extent(renderer) for ax in image_axes]
+    texts = [t for ax in fig.axes if not ax.images for t in ax.texts]
+    assert len(texts) == 5 * n  # 3 + "... 4 more" would be 5 lines per image
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        for block in blocks:
+            assert not box.overlaps(block), (text.get_text(), box, block)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     from cnnrnn_tf import schema
