@@ -57,11 +57,11 @@ def python_loop_decode_function(model, max_labels: Optional[int] = None):
 
     @tf.function(reduce_retracing=True)
     def start(images):
-        return model.decoder.initial_state(model.encoder(images, training=False))
+        return model.start_state(model.encoder(images, training=False))
 
     @tf.function(reduce_retracing=True)
     def step(tokens, state, seen):
-        logits, state = model.decoder.step(tokens, state)
+        logits, state = model.step(tokens, state)
         logits = tf.where(seen, tf.constant(-1e9, logits.dtype), logits)
         return tf.argmax(logits, axis=-1, output_type=tf.int32), state
 

@@ -57,6 +57,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
 def label_sep(text: str) -> str:
     if not text or text in ("\n", "\r", ","):
         raise argparse.ArgumentTypeError(f"{text!r} cannot separate labels (the CSV uses ',')")
@@ -116,6 +126,9 @@ def _train_config(args):
                   threshold=args.threshold, steps_per_epoch=args.steps_per_epoch,
                   early_stopping_patience=args.patience,
                   early_stopping=not args.no_early_stopping)
+    for key in ("label_head", "aux_loss_weight"):  # None: TrainConfig's default
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
     if args.no_pretrained_weights:
         fields["weights"] = "none"
     return TrainConfig(**fields)
@@ -126,7 +139,8 @@ def cmd_train(args) -> int:
     from cnnrnn_tf.training import train
 
     config = _train_config(args)
-    result = train(config, args.train, args.eval, args.out, verbose=args.verbose)
+    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    result = train(config, args.train, args.eval, args.out, verbose=verbose)
     if result.metrics:
         print(format_table(result.metrics, title=f"{config.model} on {args.eval}"))
     print(f"model written to {args.out}")
@@ -254,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--difficult", action="store_true", help="include 'difficult' objects")
     p.set_defaults(func=cmd_data_voc)
 
-    from cnnrnn_tf.config import BACKBONES, MODELS, OPTIMIZERS
+    from cnnrnn_tf.config import BACKBONES, LABEL_HEADS, MODELS, OPTIMIZERS
     from cnnrnn_tf.vocabulary import LABEL_ORDERS
 
     p = sub.add_parser("train", help="train a model; writes MODEL_DIR")
@@ -274,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=positive_int, default=3)
     p.add_argument("--max-labels", type=positive_int, default=None)
     p.add_argument("--threshold", type=probability, default=0.5, help="bce/asl decision threshold")
+    p.add_argument("--label-head", choices=LABEL_HEADS, default=None,
+                   help="cnn-rnn: 'evidence' (default) adds a per-label head trained with an "
+                        "auxiliary BCE whose logits join the decoder's scores; 'aux' uses it "
+                        "for the loss only; 'none' is the paper's model exactly")
+    p.add_argument("--aux-loss-weight", type=non_negative_float, default=None,
+                   help="cnn-rnn: weight of that auxiliary BCE (default 1)")
     p.add_argument("--steps-per-epoch", type=positive_int, default=None)
     p.add_argument("--patience", type=non_negative_int, default=None,
                    help="early stopping patience in epochs (default: max(4, epochs/3))")
@@ -283,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pretrained-weights", action="store_true",
                    help="random init for vgg16/resnet50/efficientnet-lite0")
     p.add_argument("--mixed-precision", action="store_true")
-    p.add_argument("--verbose", type=non_negative_int, default=1, choices=(0, 1, 2))
+    p.add_argument("--verbose", type=non_negative_int, default=None, choices=(0, 1, 2),
+                   help="Keras fit verbosity: 1 a progress bar, 2 one line per epoch "
+                        "(default: 1 on a terminal, 2 when the output goes to a file or pipe)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a MODEL_DIR on a data folder")

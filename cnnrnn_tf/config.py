@@ -11,6 +11,7 @@ from cnnrnn_tf.vocabulary import LABEL_ORDERS
 MODELS = ("cnn-rnn", "bce", "asl")
 BACKBONES = ("small-cnn", "vgg16", "resnet50", "efficientnet-lite0")
 OPTIMIZERS = ("rmsprop", "adam")
+LABEL_HEADS = ("none", "aux", "evidence")
 CONFIG_FILE = "config.json"
 
 
@@ -30,6 +31,11 @@ class TrainConfig:
     embed_dim: int = 64
     lstm_units: int = 256
     dropout: float = 0.1
+    # CNN-RNN only (see cnnrnn_tf.models.cnn_rnn.CNNRNN): "evidence" adds a per-label
+    # head trained with an auxiliary BCE (weight aux_loss_weight) whose logits join the
+    # decoder's scores; "aux" uses the head for the loss only; "none" is the paper's model.
+    label_head: str = "evidence"
+    aux_loss_weight: float = 1.0
     beam_size: int = 3
     max_labels: Optional[int] = None  # None: the most labels of any training image (capped at 16)
     threshold: float = 0.5
@@ -51,6 +57,7 @@ class TrainConfig:
         _choice("--backbone", self.backbone, BACKBONES)
         _choice("--label-order", self.label_order, LABEL_ORDERS)
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--label-head", self.label_head, LABEL_HEADS)
         _positive("--image-size", self.image_size, minimum=16)
         if self.image_size > 1024:
             raise InputError(f"--image-size: {self.image_size} is larger than 1024")
@@ -67,6 +74,8 @@ class TrainConfig:
             raise InputError(f"--learning-rate: {self.learning_rate} is not in (0, 10)")
         if not (0.0 <= float(self.dropout) < 1.0):
             raise InputError(f"--dropout: {self.dropout} is not in [0, 1)")
+        if not (0.0 <= float(self.aux_loss_weight) <= 100.0):
+            raise InputError(f"--aux-loss-weight: {self.aux_loss_weight} is not in [0, 100]")
         if not (0.0 < float(self.threshold) < 1.0):
             raise InputError(f"--threshold: {self.threshold} is not in (0, 1)")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 0:

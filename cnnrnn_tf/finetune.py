@@ -4,7 +4,9 @@ The decoder's token ids put END and START first and label k at 2 + k (see
 ``cnnrnn_tf.vocabulary``), so appending labels never moves an existing row:
 
 * CNN-RNN: the label embedding ``U_l`` (input embeddings and, tied, the output
-  scores) gets one new row per new label; every other weight is copied as is.
+  scores) gets one new row per new label, and the per-label head (when the model
+  has one, ``label_head="aux"`` / ``"evidence"``) one new column and bias; every
+  other weight is copied as is.
 * BCE / ASL classifier: the output Dense layer gets one new column (and bias)
   per new label.
 
@@ -116,6 +118,9 @@ def remap_vocabulary(model: keras.Model, old_vocab: LabelVocabulary, new_vocab: 
     if hasattr(model, "decoder"):
         # label embedding [tokens, dim]: label rows start after END and START
         remapped = {id(model.decoder.label_embedding.embeddings): (0, NUM_SPECIAL)}
+        if getattr(model, "label_head", None) is not None:
+            remapped[id(model.label_head.kernel)] = (1, 0)
+            remapped[id(model.label_head.bias)] = (0, 0)
     else:
         remapped = {id(model.classifier.kernel): (1, 0), id(model.classifier.bias): (0, 0)}
     old_weights, new_weights = model.weights, new_model.weights

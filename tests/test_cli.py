@@ -94,6 +94,11 @@ def test_bad_paths_give_one_line_errors(argv, needle, capsys, tmp_path, monkeypa
     (["train", "--train", "a", "--eval", "b", "--out", "c", "--model", "svm"], "--model"),
     (["train", "--train", "a", "--eval", "b", "--out", "c", "--label-order", "abc"], "--label-order"),
     (["train", "--train", "a", "--eval", "b", "--out", "c", "--backbone", "vgg19"], "--backbone"),
+    (["train", "--train", "a", "--eval", "b", "--out", "c", "--label-head", "big"], "--label-head"),
+    (["train", "--train", "a", "--eval", "b", "--out", "c", "--aux-loss-weight", "-1"],
+     "--aux-loss-weight"),
+    (["train", "--train", "a", "--eval", "b", "--out", "c", "--aux-loss-weight", "nan"],
+     "--aux-loss-weight"),
     (["evaluate", "--model", "m", "--data", "d", "--beam-size", "-1"], "--beam-size"),
     (["data", "fashion-outfits", "--out", "o", "--train", "ten"], "--train"),
 ])
@@ -116,3 +121,14 @@ def test_predict_bad_images(cli_model, capsys, tmp_path):
         out = capsys.readouterr()
         assert out.out == ""  # checked before any output
         assert needle in out.err and name in out.err
+
+
+def test_train_flags_reach_the_config():
+    from cnnrnn_tf.cli import _train_config, build_parser
+
+    base = ["train", "--train", "a", "--eval", "b", "--out", "c"]
+    config = _train_config(build_parser().parse_args(base))
+    assert config.label_head == "evidence" and config.aux_loss_weight == 1.0
+    config = _train_config(build_parser().parse_args(
+        base + ["--label-head", "none", "--aux-loss-weight", "0.25"]))
+    assert config.label_head == "none" and config.aux_loss_weight == 0.25

@@ -65,7 +65,15 @@ def test_grow_cnn_rnn_copies_every_weight_and_keeps_old_scores():
         if a.shape == b.shape:
             np.testing.assert_array_equal(a, b, err_msg=w.path)
         else:
-            assert w.path.endswith("embeddings"), w.path
+            assert w.path.endswith("embeddings") or "label_head" in w.path, w.path
+    # The per-label head (label_head="evidence", the default) grows by columns.
+    assert model.label_head is not None
+    old_kernel = np.asarray(model.label_head.kernel.value)
+    new_kernel = np.asarray(grown.label_head.kernel.value)
+    assert new_kernel.shape == (old_kernel.shape[0], 6)
+    np.testing.assert_array_equal(new_kernel[:, :4], old_kernel)
+    np.testing.assert_array_equal(np.asarray(grown.label_head.bias.value)[:4],
+                                  np.asarray(model.label_head.bias.value))
     # Scores of END, START and the old labels do not depend on the new rows.
     logits_after = np.asarray(grown(_inputs()))
     assert logits_after.shape == logits_before.shape[:2] + (6 + NUM_SPECIAL,)

@@ -157,3 +157,84 @@ def test_mixed_precision_fit_and_decode():
         out = model.decode(inputs["images"])
         assert np.isfinite(np.asarray(out["probabilities"])).all()
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_aux_label_loss_matches_numpy_and_trains_the_encoder(tmp_path):
+    model = CNNRNN(tiny_encoder(), 4, embed_dim=8, lstm_units=16, max_labels=3,
+                   label_head="aux", aux_loss_weight=2.0)
+    label_inputs = np.array([[START_ID, 2, 5, END_ID], [START_ID, 4, END_ID, END_ID]])
+    inputs = {"images": random_images(2), "label_inputs": label_inputs}
+    model(inputs)
+    logits = np.random.RandomState(1).randn(2, 4).astype("float32")
+    multi_hot = np.array([[1, 0, 0, 1], [0, 0, 1, 0]], "float32")  # tokens - 2; START/END out
+    p = 1 / (1 + np.exp(-logits))
+    expected = np.mean(-(multi_hot * np.log(p) + (1 - multi_hot) * np.log(1 - p)))
+    assert float(model.label_set_loss(label_inputs, logits)) == pytest.approx(expected, rel=1e-5)
+
+    # The auxiliary loss is added in training only: the fit loss is the sequence
+    # loss plus 2 x the label-set loss; evaluation reports the sequence loss alone.
+    targets = np.array([[2, 5, 0, -1], [4, 0, -1, -1]])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=sequence_crossentropy())
+    seq = model.evaluate(inputs, targets, verbose=0)
+    features = model.encoder(inputs["images"])
+    aux = float(model.label_set_loss(label_inputs, model.label_head(features)))
+    fit_loss = model.fit(inputs, targets, epochs=1, verbose=0).history["loss"][0]
+    assert fit_loss == pytest.approx(seq + 2.0 * aux, rel=1e-4)
+
+    path = str(tmp_path / "aux.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.aux_loss_weight == 2.0 and loaded.label_head_mode == "aux"
+    np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(model(inputs)))
+
+
+def test_label_head_none_is_the_paper_model():
+    model, _ = make_cnn_rnn()  # the constructor's default
+    assert model.label_head_mode == "none" and model.label_head is None
+    assert not any("label_head" in w.path for w in model.weights)
+    with pytest.raises(ValueError, match="aux_loss_weight"):
+        CNNRNN(tiny_encoder(), 4, label_head="aux", aux_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="label_head"):
+        CNNRNN(tiny_encoder(), 4, label_head="yes")
+
+
+def test_label_evidence_adds_the_label_heads_logits_at_every_step(tmp_path):
+    model = CNNRNN(tiny_encoder(), 4, embed_dim=8, lstm_units=16, max_labels=3,
+                   label_head="evidence")
+    inputs = {"images": random_images(2), "label_inputs": np.array([[1, 2, 3, 0], [1, 4, 0, 0]])}
+    model(inputs)
+    before = np.asarray(model(inputs))
+    bias = np.array([3.0, 0.0, -2.0, 1.0], "float32")
+    model.label_head.bias.assign(model.label_head.bias + bias)
+    after = np.asarray(model(inputs))
+    live = before > -1e8  # START and labels already on the path stay masked
+    expected = np.concatenate([[0.0, 0.0], bias])  # END, START: no evidence
+    np.testing.assert_allclose(np.where(live, after - before, 0.0),
+                               np.where(live, np.broadcast_to(expected, before.shape), 0.0),
+                               atol=1e-4)
+    # Step-by-step decoding (the beam search's step function) adds the same evidence.
+    state = model.start_state(model.encoder(inputs["images"]))
+    for t in range(4):
+        logits, state = model.step(tf.constant(inputs["label_inputs"][:, t]), state)
+        got = np.asarray(logits)
+        np.testing.assert_allclose(np.where(live[:, t], got, 0.0),
+                                   np.where(live[:, t], after[:, t], 0.0), rtol=1e-5, atol=1e-4)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.label_evidence
+    np.testing.assert_array_equal(np.asarray(loaded(inputs)), after)
+    for key, value in model.decode(inputs["images"]).items():
+        np.testing.assert_array_equal(np.asarray(loaded.decode(inputs["images"])[key]),
+                                      np.asarray(value))
+
+
+def test_train_config_label_head_choices():
+    from cnnrnn_tf.config import TrainConfig
+    from cnnrnn_tf.errors import InputError
+
+    assert TrainConfig().label_head == "evidence"
+    with pytest.raises(InputError, match="--label-head"):
+        TrainConfig(label_head="yes")
+    with pytest.raises(InputError, match="--aux-loss-weight"):
+        TrainConfig(aux_loss_weight=-1.0)

@@ -24,7 +24,8 @@ def build_model(config, num_labels: int, max_labels: int):
                       lstm_units=config.lstm_units, max_labels=max_labels,
                       beam_size=config.beam_size, dropout=config.dropout,
                       alignment=config.label_order if config.label_order in ("pla", "mla")
-                      else "none")
+                      else "none", label_head=config.label_head,
+                      aux_loss_weight=config.aux_loss_weight)
     return MultiLabelClassifier(encoder, num_labels, max_labels=max_labels,
                                 threshold=config.threshold, dropout=config.dropout,
                                 name=f"{config.model}_classifier")

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from cnnrnn_tf.models.label_decoder import LabelDecoder
+from cnnrnn_tf.config import LABEL_HEADS
 from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID
 
 
@@ -28,13 +29,25 @@ class CNNRNN(keras.Model):
             re-orders every target sequence with ``cnnrnn_tf.label_alignment`` and
             then takes the usual teacher-forced step on the aligned sequence.
             ``call`` and ``decode`` are the same in every mode.
+        label_head: "none" (the paper's model), "aux" or "evidence". Beyond the paper:
+            a per-label linear head on the image features (``label_head``, one logit
+            z_k per label) trained with a binary cross-entropy on the image's label set
+            (weight ``aux_loss_weight``), so the encoder gets a direct signal for every
+            label of the image (semantic regularisation, Liu et al., CVPR 2017). With
+            "evidence" the logits are also added to the decoder's scores at every step,
+            s_k(t) = (U_l^T x_t)_k + z_k (0 for END): the visual evidence for a label no
+            longer has to pass through the 64-d joint embedding, and a visible label that
+            is unusual in the current label context is still emitted. "aux" uses the
+            head for the loss only.
+        aux_loss_weight: the weight of that binary cross-entropy.
     """
 
     model_type = "cnn-rnn"
 
     def __init__(self, encoder, num_labels, embed_dim=64, lstm_units=256, max_labels=4,
                  beam_size=3, joint_activation="relu", dropout=0.0, mask_seen=True,
-                 alignment="none", min_labels=1, **kwargs):
+                 alignment="none", min_labels=1, label_head="none", aux_loss_weight=1.0,
+                 **kwargs):
         super().__init__(**kwargs)
         from cnnrnn_tf.label_alignment import ALIGNMENTS
 
@@ -53,10 +66,66 @@ class CNNRNN(keras.Model):
             joint_activation=joint_activation, dropout=dropout, mask_seen=mask_seen,
             name="label_decoder",
         )
+        if label_head not in LABEL_HEADS:
+            raise ValueError(f"label_head must be one of {LABEL_HEADS}, got {label_head!r}")
+        self.label_head_mode = label_head
+        self.aux_loss_weight = float(aux_loss_weight)
+        if self.aux_loss_weight < 0:
+            raise ValueError(f"aux_loss_weight must be >= 0, got {aux_loss_weight}")
+        self.label_evidence = label_head == "evidence"
+        self.label_head = (keras.layers.Dense(self.num_labels, name="label_head")
+                           if label_head != "none" else None)
+
+    def evidence(self, features, aux_logits=None):
+        """Per-token visual evidence added to the decoder's scores at every step, or None.
+
+        [B, num_tokens] float32: the label head's logit for each label, 0 for END and
+        START (START stays masked by the decoder).
+        """
+        if not self.label_evidence:
+            return None
+        if aux_logits is None:
+            aux_logits = self.label_head(features)
+        aux_logits = ops.cast(aux_logits, "float32")
+        return ops.pad(aux_logits, [[0, 0], [NUM_SPECIAL, 0]])
+
+    def start_state(self, features):
+        """The decoding state at START for :meth:`step` (the beam search's state)."""
+        state = self.decoder.initial_state(features)
+        evidence = self.evidence(features)
+        return state if evidence is None else state + (evidence,)
+
+    def step(self, tokens, state):
+        """One decoding step: the decoder's step, plus the visual evidence if any."""
+        if not self.label_evidence:
+            return self.decoder.step(tokens, state)
+        logits, new_state = self.decoder.step(tokens, state[:3])
+        return logits + state[3], new_state + (state[3],)
 
     def call(self, inputs, training=None):
         features = self.encoder(inputs["images"], training=training)
-        return self.decoder(features, inputs["label_inputs"], training=training)
+        logits = self.decoder(features, inputs["label_inputs"], training=training)
+        if self.label_head is not None:
+            aux_logits = self.label_head(features)
+            if training and self.aux_loss_weight > 0:
+                self.add_loss(self.aux_loss_weight * self.label_set_loss(
+                    inputs["label_inputs"], ops.cast(aux_logits, "float32")))
+            evidence = self.evidence(features, aux_logits)
+            if evidence is not None:
+                logits = logits + evidence[:, None, :]
+        return logits
+
+    def label_set_loss(self, label_inputs, aux_logits):
+        """Mean per-label binary cross-entropy of the image's label set.
+
+        The set is read from the teacher-forcing inputs (every token >= NUM_SPECIAL
+        is a label of the image; START and END are not), so no other input is needed.
+        """
+        ids = ops.cast(label_inputs, "int32") - NUM_SPECIAL
+        one_hot = ops.one_hot(ops.where(ids >= 0, ids, self.num_labels), self.num_labels + 1)
+        multi_hot = ops.max(one_hot, axis=1)[:, : self.num_labels]
+        return ops.mean(keras.losses.binary_crossentropy(
+            multi_hot[..., None], aux_logits[..., None], from_logits=True))
 
     def decode(self, images, beam_size=None, max_labels=None):
         """Beam search. Returns a dict of tensors:
@@ -74,9 +143,8 @@ class CNNRNN(keras.Model):
         """:meth:`decode` from the encoder's features [B, D] (the decoder part alone)."""
         from cnnrnn_tf.beam_search import beam_search
 
-        state = self.decoder.initial_state(features)
         result = beam_search(
-            self.decoder.step, state, batch_size=ops.shape(features)[0],
+            self.step, self.start_state(features), batch_size=ops.shape(features)[0],
             num_tokens=self.num_labels + NUM_SPECIAL,
             beam_size=int(beam_size or self.beam_size),
             max_length=int(max_labels or self.max_labels),
@@ -105,14 +173,14 @@ class CNNRNN(keras.Model):
         import tensorflow as tf
 
         features = self.encoder(images, training=False)
-        state = self.decoder.initial_state(features)
+        state = self.start_state(features)
         num_tokens = self.num_labels + NUM_SPECIAL
         tokens = ops.full((ops.shape(images)[0],), START_ID, dtype="int32")
         seen = ops.zeros((ops.shape(images)[0], num_tokens), dtype="bool")
         special = ops.arange(num_tokens) < NUM_SPECIAL
         all_tokens, all_log_probs = [], []
         for _ in range(int(steps)):
-            logits, state = self.decoder.step(tokens, state)
+            logits, state = self.step(tokens, state)
             masked = ops.where(seen | (ops.arange(num_tokens) == START_ID), -1e9, logits)
             log_probs = ops.log_softmax(masked, axis=-1)
             choice = ops.where(seen | special, -1e9, logits)
@@ -166,6 +234,7 @@ class CNNRNN(keras.Model):
             max_labels=self.max_labels, beam_size=self.beam_size,
             joint_activation=d.joint_activation, dropout=d.dropout_rate, mask_seen=d.mask_seen,
             alignment=self.alignment, min_labels=self.min_labels,
+            label_head=self.label_head_mode, aux_loss_weight=self.aux_loss_weight,
         )
         return config
 
