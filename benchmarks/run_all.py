@@ -67,7 +67,12 @@ def parse_args(argv=None):
     p.add_argument("--output", default="BENCHMARKS.md")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
-    p.add_argument("--remeasure-speed", action="store_true")
+    p.add_argument("--remeasure-speed", action="store_true",
+                   help="re-time the speed and serving figures instead of reusing them")
+    p.add_argument("--skip-serving", action="store_true", help="skip the serving load test")
+    p.add_argument("--serving-clients", type=int, default=4, help="concurrent gRPC clients")
+    p.add_argument("--serving-seconds", type=float, default=None,
+                   help="seconds per batch size (default 10; --quick 2)")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
@@ -75,8 +80,10 @@ def parse_args(argv=None):
     return args
 
 
-QUICK = dict(train=256, test=128, epochs=1, seeds=1, effnet_size=64, speed_repeats=5)
-DEFAULTS = dict(train=3000, test=1000, epochs=12, seeds=2, effnet_size=96, speed_repeats=20)
+QUICK = dict(train=256, test=128, epochs=1, seeds=1, effnet_size=64, speed_repeats=5,
+             serving_seconds=2.0)
+DEFAULTS = dict(train=3000, test=1000, epochs=12, seeds=2, effnet_size=96, speed_repeats=20,
+                serving_seconds=10.0)
 
 
 def command_line(args) -> str:
@@ -277,6 +284,56 @@ def speed_runs(args, cache, model_dir):
     return rows
 
 
+def serving_run(args, cache, model_dir):
+    """``benchmarks/serving_load.py`` against ``cnnrnn serve`` over ``model_dir``'s export.
+
+    Returns the cached dict with the script's stdout (the command line and the table).
+    """
+    import shutil
+    import subprocess
+
+    key = (f"serving-{os.path.basename(model_dir)}-c{args.serving_clients}"
+           f"-s{args.serving_seconds:g}")
+    cached = None if args.remeasure_speed else cache.get(key)
+    if cached is not None:
+        return cached
+    from cnnrnn_tf.export import export_saved_model
+    from cnnrnn_tf.model_dir import load_model_dir
+
+    base = os.path.join(args.work, "serving", os.path.basename(model_dir), "cnnrnn")
+    if not os.path.isfile(os.path.join(base, "1", "saved_model.pb")):
+        log(f"exporting {model_dir} for the serving load test")
+        shutil.rmtree(base, ignore_errors=True)
+        loaded = load_model_dir(model_dir)
+        export_saved_model(loaded.model, loaded.vocab, loaded.image_size,
+                           os.path.join(base, "1"), beam_size=loaded.config.beam_size)
+    log(f"serving load test on {base}")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/serving_load.py", "--model-base-path", base,
+         "--model-name", "cnnrnn", "--clients", str(args.serving_clients),
+         "--seconds", f"{args.serving_seconds:g}", "--signature", "predict_images"],
+        capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"serving_load.py failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return cache.put(key, {"model_dir": model_dir, "base_path": base, "stdout": proc.stdout})
+
+
+def gpu_lines():
+    """BENCHMARKS.md's GPU paragraph: what this machine has, and what that means here."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return [f"GPUs visible to TensorFlow: {len(gpus)} ({', '.join(g.name for g in gpus)}). "
+                "Every training figure above was measured on them (`cnnrnn train` and the TFX "
+                "Trainer place the model on the visible GPUs through tf.distribute)."]
+    return ["No GPU on this machine: every figure above is CPU only, and the GPU-vs-CPU "
+            "training comparison is **not measured**. On a machine with a GPU the same "
+            "command measures it: training picks the visible GPUs through tf.distribute "
+            "(MirroredStrategy over several), and the `train img/s` column then holds GPU "
+            "throughput."]
+
+
 # ---------------------------------------------------------------- the report
 def fmt(values):
     vals = [v for v in values if v is not None]
@@ -412,6 +469,22 @@ def main(argv=None):
                "per second of the training batches of an epoch (median over epochs after the "
                "first, which includes tracing; validation excluded; input pipeline included).",
                ""]
+    if not args.skip_serving:
+        if best_dir is None:
+            best_dir = train_run(args, cache, "outfits", "cnn-rnn", "frequent-first", 0)["model_dir"]
+        served = serving_run(args, cache, best_dir)
+        md += ["## (c) Serving load", "",
+               f"`benchmarks/serving_load.py`: {args.serving_clients} concurrent gRPC clients "
+               "(one thread and channel each, TF Serving's own `PredictionService` stubs) "
+               "against `cnnrnn serve` in the same process on loopback, `predict_images` "
+               f"requests of one 64x64 PNG repeated to the batch size, for "
+               f"{args.serving_seconds:g} s per batch size after a warm-up request; model: "
+               f"`{served['base_path']}` (the exported SavedModel of `{best_dir}`). "
+               "The clients share the 2 CPU cores with the server, so the throughput is a "
+               "lower bound of what the server alone does. TF Serving's own binary cannot be "
+               "installed here and is not measured.", ""]
+        md += ["```", served["stdout"].strip(), "```", ""]
+    md += ["## GPU", ""] + gpu_lines() + [""]
     md += [f"_Total time of this run: {(time.time() - t_start) / 60:.1f} min "
            "(cached results reused where present)._", ""]
     with open(args.output, "w", encoding="utf-8") as f:
