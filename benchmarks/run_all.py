@@ -1,6 +1,6 @@
 """All benchmarks of the project, written to BENCHMARKS.md (what ``make bench`` runs).
 
-    .venv/bin/python benchmarks/run_all.py                 # the full run (about 60-90 min, 2 cores)
+    .venv/bin/python benchmarks/run_all.py                 # the full run (about 50 min, 2 cores)
     .venv/bin/python benchmarks/run_all.py --quick         # minutes: checks that everything runs
     .venv/bin/python benchmarks/run_all.py --train 4000 --test 1000 --epochs 12 --seeds 3
 
@@ -13,12 +13,13 @@
 (b) Speed: training images/second per model; inference latency at batch 1 and 32,
     encoder alone vs full decode with beam 1/3/5; in-graph vs Python-loop decoding.
 
-Time budget of the defaults (3000 / 1000 scenes, 12 epochs, 2 seeds), from measured
-throughput on 2 shared CPU cores: small-CNN models train at about 200-370 images/s
-(PLA about 100-140: it adds an inference pass and a host round trip per step), so
-about 2 min per model (PLA 5), 28 small-CNN models, 2 EfficientNet-Lite0 models at
-96 px (frozen: about 500 images/s), beam re-evaluations and the speed table: about
-60-90 min. Early stopping on the validation loss often ends runs sooner.
+Time budget of the defaults (2000 / 1000 scenes, 8 epochs, 2 seeds), from measured
+throughput on 2 CPU cores: small-CNN models train at about 200 images/s (PLA slower:
+it adds an inference pass and a host round trip per step), so about 2 min per model
+with its evaluation, 28 small-CNN models, 2 EfficientNet-Lite0 models at 96 px, beam
+re-evaluations, the speed table and the serving load test: 51 min measured. (3000 scenes
+and 12 epochs take about 4 min per model, over 2 hours in all.) Early stopping on the
+validation loss can end runs sooner.
 
 Everything is cached under ``--work`` (default runs/bench): data, trained MODEL_DIRs
 and one JSON per result, keyed by the settings and stamped with the library version
@@ -54,9 +55,9 @@ GRAMMARS = ("outfits", "independent")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--train", type=int, default=None, help="training scenes (default 3000)")
+    p.add_argument("--train", type=int, default=None, help="training scenes (default 2000)")
     p.add_argument("--test", type=int, default=None, help="test scenes (default 1000)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 12)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 8)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default 2)")
     p.add_argument("--effnet-size", type=int, default=None,
                    help="EfficientNet-Lite0 input size for the accuracy table (default 96)")
@@ -82,7 +83,7 @@ def parse_args(argv=None):
 
 QUICK = dict(train=256, test=128, epochs=1, seeds=1, effnet_size=64, speed_repeats=5,
              serving_seconds=2.0)
-DEFAULTS = dict(train=3000, test=1000, epochs=12, seeds=2, effnet_size=96, speed_repeats=20,
+DEFAULTS = dict(train=2000, test=1000, epochs=8, seeds=2, effnet_size=96, speed_repeats=20,
                 serving_seconds=10.0)
 
 
