@@ -90,7 +90,8 @@ class CNNRNN(keras.Model):
         return ops.pad(aux_logits, [[0, 0], [NUM_SPECIAL, 0]])
 
     def start_state(self, features):
-        """The decoding state at START for :meth:`step` (the beam search's state)."""
+        """The decoding state at START for :meth:`step` (the beam search's state):
+        the decoder's state, followed by the evidence when the model adds it."""
         state = self.decoder.initial_state(features)
         evidence = self.evidence(features)
         return state if evidence is None else state + (evidence,)
@@ -99,8 +100,9 @@ class CNNRNN(keras.Model):
         """One decoding step: the decoder's step, plus the visual evidence if any."""
         if not self.label_evidence:
             return self.decoder.step(tokens, state)
-        logits, new_state = self.decoder.step(tokens, state[:3])
-        return logits + state[3], new_state + (state[3],)
+        *decoder_state, evidence = state
+        logits, new_state = self.decoder.step(tokens, tuple(decoder_state))
+        return logits + evidence, new_state + (evidence,)
 
     def call(self, inputs, training=None):
         features = self.encoder(inputs["images"], training=training)
