@@ -40,11 +40,11 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SCRIPT = "benchmarks/run_all.py"
+PAPER_ROW = "CNN-RNN frequent-first, paper's model (--label-head none)"
 LABEL_ORDER_RUNS = (  # (name, model, label_order, label_head); head None: the default
     ("BCE", "bce", "frequent-first", None),
     ("ASL", "asl", "frequent-first", None),
-    ("CNN-RNN frequent-first, paper's model (--label-head none)", "cnn-rnn", "frequent-first",
-     "none"),
+    (PAPER_ROW, "cnn-rnn", "frequent-first", "none"),
     ("CNN-RNN frequent-first", "cnn-rnn", "frequent-first", None),
     ("CNN-RNN rare-first", "cnn-rnn", "rare-first", None),
     ("CNN-RNN random", "cnn-rnn", "random", None),
@@ -514,7 +514,8 @@ def _spread(results, key):
 
 
 def _versus(a, b, keys):
-    """One clause per metric: 'CF1 0.812 vs 0.796 (+0.016)'; and whether a >= b on all."""
+    """One clause per metric: 'CF1 0.812 vs 0.796 (+0.016)', with a note when the seeds'
+    ranges overlap on any; and whether a >= b on all."""
     parts, wins, overlap = [], True, False
     for k in keys:
         ma, mb = _mean(a, k), _mean(b, k)
@@ -523,7 +524,8 @@ def _versus(a, b, keys):
         lo_b, hi_b = _spread(b, k)
         overlap = overlap or (len(a) > 1 and lo_a <= hi_b and lo_b <= hi_a)
         parts.append(f"{k} {ma:.3f} vs {mb:.3f} ({ma - mb:+.3f})")
-    return ", ".join(parts), wins, overlap
+    note = " (the seeds' ranges overlap on at least one)" if overlap else ""
+    return ", ".join(parts) + note, wins
 
 
 def _observations(rows_by_grammar, args):
@@ -532,24 +534,19 @@ def _observations(rows_by_grammar, args):
     for grammar, rows in rows_by_grammar.items():
         by = dict(rows)
         best_name, best = best_cnn_rnn(rows)
-        text, wins, overlap = _versus(best, by["BCE"], ("CF1", "OF1"))
+        text, wins = _versus(best, by["BCE"], ("CF1", "OF1"))
         label = "Outfits data" if grammar == "outfits" else "Independent control"
         verdict = ("beats BCE on both" if wins else "does **not** beat BCE on both")
-        note = " (the seeds' ranges overlap on at least one)" if overlap else ""
-        out.append(f"- {label}: the best CNN-RNN ({best_name}) {verdict}: {text}{note}.")
-        paper = by["CNN-RNN frequent-first, paper's model (--label-head none)"]
-        text, wins, overlap = _versus(by["CNN-RNN frequent-first"], paper, ("CF1", "OF1"))
+        out.append(f"- {label}: the best CNN-RNN ({best_name}) {verdict}: {text}.")
+        text, wins = _versus(by["CNN-RNN frequent-first"], by[PAPER_ROW], ("CF1", "OF1"))
         verdict = "at least matches" if wins else "does **not** match"
-        note = " (the seeds' ranges overlap on at least one)" if overlap else ""
         out.append(f"- {label}: frequent-first with the default label head (evidence) "
-                   f"{verdict} the paper's model on both: {text}{note}.")
+                   f"{verdict} the paper's model on both: {text}.")
         if grammar == "outfits":
-            text, wins, overlap = _versus(by["CNN-RNN PLA"], by["CNN-RNN frequent-first"],
-                                          METRIC_COLS)
+            text, wins = _versus(by["CNN-RNN PLA"], by["CNN-RNN frequent-first"], METRIC_COLS)
             verdict = ("at least matches frequent-first on every metric" if wins else
                        "does **not** match frequent-first on every metric")
-            note = " (the seeds' ranges overlap on at least one)" if overlap else ""
-            out.append(f"- Outfits data: PLA {verdict}: {text}{note}.")
+            out.append(f"- Outfits data: PLA {verdict}: {text}.")
     if args.seeds < 2:
         out.append("- One seed only: differences of a few points are within the run-to-run noise.")
     return out + [""]

@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default: the CLI's own choice")
     p.add_argument("--data-only", action="store_true")
     args = p.parse_args(argv)
+    from cnnrnn_tf.metrics import format_comparison
+    from cnnrnn_tf.model_dir import is_model_dir, write_json
 
     csvs = {}
     for split, count in (("train", args.train), ("test", args.test)):
@@ -198,24 +200,18 @@ def main(argv=None) -> int:
         model_dir = os.path.join(args.out, "models", model)
         result = os.path.join(args.out, f"evaluate-{model}.json")
         if not os.path.exists(result):
-            if not os.path.isdir(model_dir):
+            if not is_model_dir(model_dir):
                 extra = ["--epochs", str(args.epochs)] if args.epochs else []
                 cnnrnn("train", "--train", os.path.join(args.out, "data", "train"),
                        "--eval", os.path.join(args.out, "data", "test"), "--out", model_dir,
                        "--model", model, "--seed", str(args.seed), *extra)
             text = cnnrnn("evaluate", "--model", model_dir,
                           "--data", os.path.join(args.out, "data", "test"), "--json", capture=True)
-            with open(result, "w", encoding="utf-8") as f:
-                f.write(text)
+            write_json(result, json.loads(text))
         with open(result, encoding="utf-8") as f:
             rows[model] = json.load(f)
-    keys = ("mAP", "CF1", "OF1", "CP", "CR", "OP", "OR")
-    print("\n| model | " + " | ".join(keys) + " | CF1@3 | OF1@3 |")
-    print("|---" * (len(keys) + 3) + "|")
-    for model, m in rows.items():
-        cells = [f"{100 * m[k]:.1f}" for k in keys]
-        cells += [f"{100 * m['top3']['CF1']:.1f}", f"{100 * m['top3']['OF1']:.1f}"]
-        print(f"| {model} | " + " | ".join(cells) + " |")
+    print()
+    print(format_comparison(rows))
     return 0
 
 
