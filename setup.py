@@ -77,7 +77,7 @@ setup(
         "dev": DEV,
         "all": PIPELINE + SERVING + PRETRAINED + DEV,
     },
-    entry_points={"console_scripts": ["cnnrnn=cnnrnn_tf.cli:main"]},
+    entry_points={"console_scripts": ["cnnrnn=cnnrnn_tf.cli:run"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -407,10 +407,27 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_INPUT
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if type(exc).__name__ in _STORAGE_ERRORS and type(exc).__module__.startswith("tensorflow"):
+            # tf.io.gfile on a path that cannot be reached (a bucket, credentials, endpoint)
+            print(f"error: {first} (check the path, and for s3:// / gs:// the bucket and "
+                  "credentials)", file=sys.stderr)
+            return EXIT_INPUT
         print(f"error: {type(exc).__name__}: {first} (set CNNRNN_DEBUG=1 for a traceback)",
               file=sys.stderr)
         return EXIT_INTERNAL
 
 
+_STORAGE_ERRORS = ("NotFoundError", "PermissionDeniedError", "UnauthenticatedError",
+                   "UnavailableError", "AlreadyExistsError")
+
+
+def run() -> None:
+    """The console script: :func:`main`, then an exit that keeps its status (see
+    :func:`cnnrnn_tf.uri.exit_process`: tensorflow-io's S3 file system can abort at exit)."""
+    from cnnrnn_tf.uri import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from cnnrnn_tf import schema
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.uri import ensure_filesystem
 from cnnrnn_tf.losses import PAD_TARGET
 from cnnrnn_tf.preprocessing import augment_image, decode_image
 from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID, LabelVocabulary, label_rank
@@ -39,6 +40,7 @@ def resolve_files(data) -> List[str]:
             raise InputError("no shard files given")
         return files
     data = str(data)
+    ensure_filesystem(data)
     if any(ch in data for ch in "*?["):
         files = sorted(tf.io.gfile.glob(data))
         if not files:

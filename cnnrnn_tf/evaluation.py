@@ -112,17 +112,16 @@ def evaluate_saved_model(path: str, data, batch_size: int = 64) -> Dict[str, Any
     per-label scores) and its ``assets/vocabulary.txt``; the truth comes from the
     records' ``image/labels`` (labels outside the vocabulary are ignored).
     """
-    import os
-
-    from cnnrnn_tf import schema
+    from cnnrnn_tf import schema, uri
     from cnnrnn_tf.dataset import resolve_files
     from cnnrnn_tf.errors import InputError
     from cnnrnn_tf.metrics import multilabel_metrics
 
-    vocab_file = os.path.join(path, "assets", "vocabulary.txt")
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+    uri.ensure_filesystem(path)
+    vocab_file = uri.join(path, "assets", "vocabulary.txt")
+    if not tf.io.gfile.exists(uri.join(path, "saved_model.pb")):
         raise InputError(f"{path}: no saved_model.pb in this folder")
-    if not os.path.isfile(vocab_file):
+    if not tf.io.gfile.exists(vocab_file):
         raise InputError(f"{path}: no assets/vocabulary.txt (not exported by cnnrnn_tf)")
     vocab = LabelVocabulary.from_text_file(vocab_file)
     fn = tf.saved_model.load(path).signatures["eval_predictions"]

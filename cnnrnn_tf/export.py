@@ -24,21 +24,21 @@ vocabulary-order vectors for both the label and the prediction:
 """
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
 from typing import Optional
 
 import tensorflow as tf
 
-from cnnrnn_tf import schema
+from cnnrnn_tf import schema, uri
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.io_utils import makedirs, publish_dir, remove_quietly
 from cnnrnn_tf.preprocessing import decode_images
 from cnnrnn_tf.vocabulary import LabelVocabulary
 
 SIGNATURES = ("serving_default", "predict_images", "label_scores")
 EVAL_SIGNATURES = ("eval_labels", "eval_predictions")
 VOCAB_ASSET = "vocabulary.txt"
+SAVED_MODEL_PB = "saved_model.pb"
 
 
 class ServingModule(tf.Module):
@@ -135,47 +135,42 @@ class ServingModule(tf.Module):
 
 def export_saved_model(model, vocab: LabelVocabulary, image_size: int, out_dir: str,
                        beam_size: Optional[int] = None) -> str:
-    """Writes the SavedModel atomically: a temporary folder renamed into place.
+    """Writes the SavedModel under a temporary name beside ``out_dir``, then publishes it.
 
-    An existing ``out_dir`` is replaced only once the new export is complete, so
-    a reader never sees a half-written SavedModel.
+    An existing ``out_dir`` is replaced only once the new export is complete, so a reader
+    never sees a half-written SavedModel (on object stores ``saved_model.pb`` is copied
+    last: see :func:`cnnrnn_tf.io_utils.publish_dir`).
     """
-    out_dir = os.path.normpath(out_dir)
-    if os.path.exists(out_dir):
-        # Replace only an earlier export (or an empty folder), never a user's file or folder.
-        if not os.path.isdir(out_dir):
-            raise InputError(f"{out_dir}: exists and is not a folder; choose another --out")
-        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "saved_model.pb")):
-            raise InputError(f"{out_dir}: folder is not empty and holds no SavedModel "
-                             "(saved_model.pb); choose another --out")
-    parent = os.path.dirname(out_dir) or "."
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        raise InputError(f"{parent}: exists and is not a folder")
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-export-{uuid.uuid4().hex[:8]}")
+    out_dir = uri.absolute(out_dir).rstrip("/")
+    uri.ensure_filesystem(out_dir)
     try:
-        os.makedirs(tmp)
-        vocab_file = os.path.join(tmp, VOCAB_ASSET)
-        with open(vocab_file, "w", encoding="utf-8") as f:
+        if tf.io.gfile.exists(out_dir):
+            # Replace only an earlier export (or an empty folder), never a user's file or folder.
+            if not tf.io.gfile.isdir(out_dir):
+                raise InputError(f"{out_dir}: exists and is not a folder; choose another --out")
+            if (tf.io.gfile.listdir(out_dir)
+                    and not tf.io.gfile.exists(uri.join(out_dir, SAVED_MODEL_PB))):
+                raise InputError(f"{out_dir}: folder is not empty and holds no SavedModel "
+                                 f"({SAVED_MODEL_PB}); choose another --out")
+        parent = uri.dirname(out_dir) or "."
+        makedirs(parent)
+    except tf.errors.OpError as exc:
+        raise uri.storage_error(out_dir, exc) from None
+    tmp = uri.join(parent, f".tmp-export-{uuid.uuid4().hex[:8]}")
+    try:
+        tf.io.gfile.makedirs(tmp)
+        vocab_file = uri.join(tmp, VOCAB_ASSET)
+        with tf.io.gfile.GFile(vocab_file, "w") as f:
             f.write("".join(name + "\n" for name in vocab.labels))
         module = ServingModule(model, vocab, image_size, beam_size, vocab_file=vocab_file)
-        saved = os.path.join(tmp, "sm")
+        saved = uri.join(tmp, "sm")
         tf.saved_model.save(module, saved, signatures=module.signatures())
         _write_warmup(saved, image_size)
-        old = None
-        if os.path.exists(out_dir):
-            old = f"{tmp}-old"
-            os.rename(out_dir, old)
-        try:
-            os.rename(saved, out_dir)
-        except BaseException:
-            if old:  # put the previous export back
-                os.rename(old, out_dir)
-            raise
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(saved, out_dir, marker=SAVED_MODEL_PB)
+    except tf.errors.OpError as exc:
+        raise uri.storage_error(out_dir, exc, "cannot be written") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_quietly(tmp)
     return out_dir
 
 

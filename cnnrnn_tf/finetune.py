@@ -28,7 +28,7 @@ new training data, or the model forgets them.
 from __future__ import annotations
 
 import collections
-import os
+
 from typing import Iterable, List, Optional, Tuple
 
 import keras
@@ -201,6 +201,7 @@ def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional
     from cnnrnn_tf.dataset import choose_max_labels, scan_labels
     from cnnrnn_tf.errors import InputError
     from cnnrnn_tf.model_dir import CONFIG_FILE, is_model_dir, load_model_dir, write_json
+    from cnnrnn_tf.uri import join
     from cnnrnn_tf.training import train
 
     fixed = {"model", "backbone", "image_size", "embed_dim", "lstm_units"} & set(config_changes)
@@ -228,5 +229,5 @@ def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional
     result = train(config, train_dir, eval_dir, out_dir, vocab=vocab, initial_model=model,
                    verbose=verbose)
     result.info.update(finetuned_from=str(model_dir), new_labels=added)
-    write_json(os.path.join(out_dir, CONFIG_FILE), {"train_config": config.to_dict(), **result.info})
+    write_json(join(out_dir, CONFIG_FILE), {"train_config": config.to_dict(), **result.info})
     return result

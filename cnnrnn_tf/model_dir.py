@@ -12,15 +12,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
+import uuid
 from typing import Any, Dict
 
 import keras
+import tensorflow as tf
 
 from cnnrnn_tf.config import TrainConfig
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.io_utils import makedirs, read_json, write_json  # noqa: F401  (write_json re-exported)
+from cnnrnn_tf.uri import ensure_filesystem, is_remote, join, storage_error
 from cnnrnn_tf.vocabulary import LabelVocabulary
 
 log = logging.getLogger(__name__)
@@ -45,44 +47,44 @@ class LoadedModel:
         return self.config.image_size
 
 
-def write_json(path: str, obj) -> None:
-    """Writes JSON atomically (temporary file, then rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
 def save_model_dir(path: str, model: keras.Model, vocab: LabelVocabulary,
                    config: TrainConfig, info: Dict[str, Any]) -> None:
-    os.makedirs(path, exist_ok=True)
-    tmp = os.path.join(path, f".tmp-{os.getpid()}-{MODEL_FILE}")
-    model.save(tmp)
-    os.replace(tmp, os.path.join(path, MODEL_FILE))
+    """Writes vocabulary, config and, last, the model file (the MODEL_DIR's marker)."""
+    makedirs(path, "model folder")
     vocab.save(path)
-    write_json(os.path.join(path, CONFIG_FILE), {"train_config": config.to_dict(), **info})
+    write_json(join(path, CONFIG_FILE), {"train_config": config.to_dict(), **info})
+    model_file = join(path, MODEL_FILE)
+    if is_remote(path):
+        # Keras writes a remote .keras through a local temporary file and one copy.
+        model.save(model_file)
+    else:
+        tmp = join(path, f".tmp-{uuid.uuid4().hex[:8]}-{MODEL_FILE}")
+        model.save(tmp)
+        tf.io.gfile.rename(tmp, model_file, overwrite=True)
 
 
 def is_model_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MODEL_FILE))
+    ensure_filesystem(path)
+    return tf.io.gfile.exists(join(path, MODEL_FILE))
 
 
 def load_model_dir(path: str, compile: bool = False) -> LoadedModel:
     """Loads MODEL_DIR; raises InputError naming what is missing or broken."""
     import cnnrnn_tf.models  # noqa: F401  registers the custom objects
 
-    if not os.path.isdir(path):
-        raise InputError(f"{path}: model folder does not exist")
-    model_file = os.path.join(path, MODEL_FILE)
-    if not os.path.isfile(model_file):
-        raise InputError(f"{path}: no {MODEL_FILE} in this folder (not a trained MODEL_DIR)")
+    ensure_filesystem(path)
     try:
-        with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
-            info = json.load(f)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no {CONFIG_FILE} in this folder") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{os.path.join(path, CONFIG_FILE)}: not valid JSON ({exc})") from None
+        if not tf.io.gfile.isdir(path):
+            raise InputError(f"{path}: model folder does not exist")
+    except tf.errors.OpError as exc:
+        raise storage_error(path, exc, "model folder cannot be read") from None
+    model_file = join(path, MODEL_FILE)
+    if not tf.io.gfile.exists(model_file):
+        raise InputError(f"{path}: no {MODEL_FILE} in this folder (not a trained MODEL_DIR)")
+    config_file = join(path, CONFIG_FILE)
+    if not tf.io.gfile.exists(config_file):
+        raise InputError(f"{path}: no {CONFIG_FILE} in this folder")
+    info = read_json(config_file)
     config = TrainConfig.from_dict(info.pop("train_config", {}))
     vocab = LabelVocabulary.load(path)
     try:

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
+import uuid
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
+from cnnrnn_tf import uri
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.io_utils import makedirs, publish_dir, remove_quietly
 
 REPORT_FILE = "report.md"
 MARKER_FILE = ".cnnrnn-report"
@@ -412,12 +414,20 @@ def _markdown(loaded, data_dir: str, results: Dict[str, Any], beam_size: int) ->
 
 
 def _prepare_out_dir(out_dir: str) -> None:
-    if os.path.lexists(out_dir):
-        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+    uri.ensure_filesystem(out_dir)
+    if not uri.is_remote(out_dir) and os.path.islink(out_dir):
+        raise InputError(f"{out_dir}: exists and is not a report folder; choose another --out")
+    try:
+        if not tf.io.gfile.exists(out_dir):
+            return
+        if not tf.io.gfile.isdir(out_dir):
             raise InputError(f"{out_dir}: exists and is not a report folder; choose another --out")
-        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MARKER_FILE)):
+        if (tf.io.gfile.listdir(out_dir)
+                and not tf.io.gfile.exists(uri.join(out_dir, MARKER_FILE))):
             raise InputError(f"{out_dir}: folder exists and does not hold a report written by "
                              "`cnnrnn report`; choose another --out")
+    except tf.errors.OpError as exc:
+        raise uri.storage_error(out_dir, exc) from None
 
 
 def write_report(model_dir: str, data_dir: str, out_dir: str, beam_size: Optional[int] = None,
@@ -433,7 +443,7 @@ def write_report(model_dir: str, data_dir: str, out_dir: str, beam_size: Optiona
     from cnnrnn_tf.metrics import multilabel_metrics
     from cnnrnn_tf.model_dir import load_model_dir
 
-    out_dir = os.path.normpath(out_dir)
+    out_dir = uri.absolute(out_dir).rstrip("/")
     _prepare_out_dir(out_dir)
     loaded = load_model_dir(model_dir)
     beam = int(beam_size or loaded.config.beam_size)
@@ -458,26 +468,22 @@ def write_report(model_dir: str, data_dir: str, out_dir: str, beam_size: Optiona
         "set_sizes": lambda: plot_set_sizes(preds.y_true, preds.y_pred),
     }
 
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    parent = uri.dirname(out_dir) or "."
+    makedirs(parent)
+    tmp = uri.join(parent, f".{uri.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
+        tf.io.gfile.makedirs(tmp)
         for key, make in figures.items():
-            with open(os.path.join(tmp, PLOTS[key]), "wb") as f:
+            with tf.io.gfile.GFile(uri.join(tmp, PLOTS[key]), "wb") as f:
                 f.write(figure_to_png(make()))
-        with open(os.path.join(tmp, REPORT_FILE), "w", encoding="utf-8") as f:
+        with tf.io.gfile.GFile(uri.join(tmp, REPORT_FILE), "w") as f:
             f.write(_markdown(loaded, data_dir, results, beam))
-        open(os.path.join(tmp, MARKER_FILE), "w").close()
-        os.chmod(tmp, 0o755)
-        old = None
-        if os.path.isdir(out_dir):
-            _prepare_out_dir(out_dir)  # checked again: it may have appeared meanwhile
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-            os.rename(out_dir, os.path.join(old, "report"))
-        os.rename(tmp, out_dir)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return os.path.join(out_dir, REPORT_FILE)
+        with tf.io.gfile.GFile(uri.join(tmp, MARKER_FILE), "w") as f:
+            f.write("written by cnnrnn report\n")  # not empty: S3 copies refuse empty objects
+        if not uri.is_remote(tmp):
+            os.chmod(tmp, 0o755)
+        _prepare_out_dir(out_dir)  # checked again: it may have appeared meanwhile
+        publish_dir(tmp, out_dir, marker=MARKER_FILE)
+    finally:
+        remove_quietly(tmp)
+    return uri.join(out_dir, REPORT_FILE)

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 
+from cnnrnn_tf import uri
 from cnnrnn_tf.errors import InputError
 
 IMAGE_KEY = "image/encoded"
@@ -136,8 +137,8 @@ def list_shards(data_dir: str) -> List[str]:
         raise InputError(f"{data_dir}: not a folder (expected a folder of {SHARD_GLOB} shards)")
     paths = sorted(
         p
-        for p in tf.io.gfile.glob(os.path.join(data_dir, SHARD_GLOB))
-        if _TMP_INFIX not in os.path.basename(p)
+        for p in tf.io.gfile.glob(uri.join(data_dir, SHARD_GLOB))
+        if _TMP_INFIX not in uri.basename(p)
     )
     if not paths:
         raise InputError(f"{data_dir}: no {SHARD_GLOB} shards in this folder")
@@ -191,8 +192,15 @@ class ShardWriter:
         self.count = 0
 
     def __enter__(self) -> "ShardWriter":
-        tf.io.gfile.makedirs(self.out_dir)
-        existing = tf.io.gfile.glob(os.path.join(self.out_dir, f"{self.prefix}-*{SHARD_SUFFIX}"))
+        uri.ensure_filesystem(self.out_dir)
+        try:
+            if tf.io.gfile.exists(self.out_dir) and not tf.io.gfile.isdir(self.out_dir):
+                raise InputError(f"{self.out_dir}: exists and is not a folder")
+            tf.io.gfile.makedirs(self.out_dir)
+            existing = tf.io.gfile.glob(uri.join(self.out_dir, f"{self.prefix}-*{SHARD_SUFFIX}"))
+        except tf.errors.OpError as exc:
+            raise uri.storage_error(self.out_dir, exc, "output folder cannot be written") \
+                from None
         if existing:
             raise InputError(
                 f"{self.out_dir}: already holds {self.prefix}-*{SHARD_SUFFIX} shards; "
@@ -203,7 +211,7 @@ class ShardWriter:
     def _open_next(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        path = os.path.join(
+        path = uri.join(
             self.out_dir, f"{self.prefix}-{len(self._tmp_paths):05d}{_TMP_INFIX}{self._token}"
         )
         self._tmp_paths.append(path)
@@ -236,7 +244,7 @@ class ShardWriter:
         total = len(self._tmp_paths)
         final = []
         for i, tmp in enumerate(self._tmp_paths):
-            dst = os.path.join(
+            dst = uri.join(
                 self.out_dir, f"{self.prefix}-{i:05d}-of-{total:05d}{SHARD_SUFFIX}"
             )
             tf.io.gfile.rename(tmp, dst, overwrite=False)

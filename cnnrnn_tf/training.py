@@ -5,8 +5,7 @@ import contextlib
 import importlib.util
 import dataclasses
 import logging
-import os
-import shutil
+import json
 import time
 from typing import Any, Dict, List, Optional
 
@@ -17,6 +16,8 @@ from cnnrnn_tf import __version__
 from cnnrnn_tf.config import TrainConfig, default_epochs, early_stopping_patience
 from cnnrnn_tf.dataset import choose_max_labels, make_dataset, scan_labels
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.io_utils import makedirs, remove_quietly
+from cnnrnn_tf.uri import absolute, ensure_filesystem, join, storage_error
 from cnnrnn_tf.model_dir import (HISTORY_FILE, METRICS_FILE, SAVED_MODEL_DIR, is_model_dir,
                                  save_model_dir, write_json)
 from cnnrnn_tf.vocabulary import LabelVocabulary
@@ -77,13 +78,11 @@ def make_loss(config: TrainConfig):
 
 def _backup_epoch(backup_dir: str) -> Optional[int]:
     """Epochs done according to the BackupAndRestore checkpoint in backup_dir, or None."""
-    import json
-
     for name in ("training_metadata.json", "training_metadata.json.bkp"):
         try:
-            with open(os.path.join(backup_dir, name), encoding="utf-8") as f:
-                return int(json.load(f)["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
+            with tf.io.gfile.GFile(join(backup_dir, name), "r") as f:
+                return int(json.loads(f.read())["epoch"])
+        except (OSError, tf.errors.OpError, ValueError, KeyError, TypeError):
             continue
     return None
 
@@ -122,8 +121,13 @@ def train(
     building a fresh one; its number of labels must match the vocabulary. Create it
     inside ``strategy.scope()`` when training on several GPUs.
     """
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise InputError(f"{out_dir}: exists and is not a folder; choose another --out")
+    out_dir = absolute(out_dir)
+    ensure_filesystem(out_dir)
+    try:
+        if tf.io.gfile.exists(out_dir) and not tf.io.gfile.isdir(out_dir):
+            raise InputError(f"{out_dir}: exists and is not a folder; choose another --out")
+    except tf.errors.OpError as exc:
+        raise storage_error(out_dir, exc) from None
     if is_model_dir(out_dir):
         raise InputError(f"{out_dir}: already holds a trained model; choose another --out")
     t0 = time.time()
@@ -143,7 +147,7 @@ def train(
     eval_ds = make_dataset(eval_data, training=False, cache=cache, **common)
     if config.steps_per_epoch:
         train_ds = train_ds.repeat()
-    os.makedirs(out_dir, exist_ok=True)
+    makedirs(out_dir, "model folder")
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or choose_strategy()
     from cnnrnn_tf.models import build_model
@@ -161,10 +165,10 @@ def train(
         steps = config.steps_per_epoch or -(-train_stats.num_examples // config.batch_size)
         model.compile(optimizer=make_optimizer(config, steps * epochs), loss=make_loss(config))
         callbacks: List[keras.callbacks.Callback] = [
-            keras.callbacks.BackupAndRestore(os.path.join(out_dir, BACKUP_DIR)),
+            keras.callbacks.BackupAndRestore(join(out_dir, BACKUP_DIR)),
         ]
         if importlib.util.find_spec("tensorboard") is not None:
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, LOG_DIR),
+            callbacks.append(keras.callbacks.TensorBoard(join(out_dir, LOG_DIR),
                                                          update_freq="epoch"))
         else:  # TensorFlow >= 2.20 no longer installs TensorBoard
             log.warning("tensorboard is not installed: no TensorBoard logs in %s", out_dir)
@@ -174,9 +178,9 @@ def train(
                 monitor="val_loss", patience=patience,
                 restore_best_weights=True, verbose=min(verbose, 1)))
         callbacks += extra_callbacks or []
-        resumed = _backup_epoch(os.path.join(out_dir, BACKUP_DIR))
+        resumed = _backup_epoch(join(out_dir, BACKUP_DIR))
         if resumed is not None:
-            message = (f"resuming from {os.path.join(out_dir, BACKUP_DIR)} "
+            message = (f"resuming from {join(out_dir, BACKUP_DIR)} "
                        f"(epoch {resumed} of {epochs} done)")
             log.info(message)
             if verbose:
@@ -195,7 +199,7 @@ def train(
             detail = exc.message.strip().splitlines()[0] if exc.message else ""
             raise InputError(f"{train_data} / {eval_data}: a record cannot be read while "
                              f"training ({detail}); the resume checkpoint is kept in "
-                             f"{os.path.join(out_dir, BACKUP_DIR)}") from None
+                             f"{join(out_dir, BACKUP_DIR)}") from None
     train_seconds = time.time() - t0
     info = {
         "library_version": __version__,
@@ -208,18 +212,18 @@ def train(
     }
     save_model_dir(out_dir, model, vocab, config, info)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    write_json(os.path.join(out_dir, HISTORY_FILE), hist)
-    shutil.rmtree(os.path.join(out_dir, BACKUP_DIR), ignore_errors=True)
+    write_json(join(out_dir, HISTORY_FILE), hist)
+    remove_quietly(join(out_dir, BACKUP_DIR))
     result = TrainResult(model, vocab, config, info, hist)
     if export:
         from cnnrnn_tf.export import export_saved_model
 
         export_saved_model(model, vocab, config.image_size,
-                           os.path.join(out_dir, SAVED_MODEL_DIR), beam_size=config.beam_size)
+                           join(out_dir, SAVED_MODEL_DIR), beam_size=config.beam_size)
     if evaluate_after:
         from cnnrnn_tf.evaluation import evaluate_model
 
         result.metrics = evaluate_model(model, vocab, eval_data, config.image_size,
                                         beam_size=config.beam_size)
-        write_json(os.path.join(out_dir, METRICS_FILE), result.metrics)
+        write_json(join(out_dir, METRICS_FILE), result.metrics)
     return result

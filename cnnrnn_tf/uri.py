@@ -16,6 +16,7 @@ string and set-up helpers around it:
 """
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -105,22 +106,42 @@ def s3_environment(env: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
 
 
 def ensure_filesystem(path) -> None:
-    """Makes ``path``'s scheme usable by ``tf.io.gfile``; InputError for an unusable one."""
+    """Makes ``path``'s scheme usable by ``tf.io.gfile``; InputError for an unusable one.
+
+    For ``s3://`` and ``gs://`` it also checks once per process that the bucket exists and
+    answers, so a wrong bucket, credentials or endpoint fail before any work starts.
+    """
     check_scheme(path)
-    if scheme(path) != "s3":
-        return
-    os.environ.update(s3_environment())
+    s = scheme(path)
+    if s == "s3":
+        os.environ.update(s3_environment())
+        try:
+            import tensorflow_io  # noqa: F401  registers the s3:// file system with TensorFlow
+        except ImportError:
+            raise InputError(f"{path}: s3:// paths need the tensorflow-io package "
+                             "(pip install 'cnnrnn-tf[s3]')") from None
+    if s in ("s3", "gs"):
+        bucket = str(path)[len(s) + 3:].split("/", 1)[0]
+        if not bucket:
+            raise InputError(f"{path}: no bucket name in this URI")
+        root = f"{s}://{bucket}/"
+        problem = _bucket_problem(root)
+        if problem is not None:
+            _bucket_problem.cache_clear()  # not cached: the user may fix it and retry
+            raise storage_error(path, problem[1], f"bucket {root} {problem[0]}")
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_problem(root: str):
+    """None when the bucket answers; else (what, exception). Cached per process."""
+    import tensorflow as tf
+
     try:
-        import tensorflow_io  # noqa: F401  registers the s3:// file system with TensorFlow
-    except ImportError:
-        raise InputError(f"{path}: s3:// paths need the tensorflow-io package "
-                         "(pip install 'cnnrnn-tf[s3]')") from None
-
-
-def ensure_filesystems(*paths) -> None:
-    for path in paths:
-        if path:
-            ensure_filesystem(path)
+        if tf.io.gfile.isdir(root):
+            return None
+        return "does not exist or cannot be reached", FileNotFoundError("no such bucket")
+    except tf.errors.OpError as exc:
+        return "cannot be reached", exc
 
 
 def beam_s3_options(env: Optional[Mapping[str, str]] = None) -> List[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -106,31 +105,40 @@ class LabelVocabulary:
         except (KeyError, TypeError) as exc:
             raise InputError(f"label vocabulary: malformed ({exc})") from None
 
+    @staticmethod
+    def _file(path: str) -> str:
+        import tensorflow as tf
+
+        from cnnrnn_tf import uri
+
+        uri.ensure_filesystem(path)
+        return uri.join(path, VOCAB_FILE) if tf.io.gfile.isdir(path) else path
+
     def save(self, path: str) -> None:
-        if os.path.isdir(path):
-            path = os.path.join(path, VOCAB_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
+        """Writes vocabulary.json (atomically) to ``path``, a folder or a file name."""
+        from cnnrnn_tf.io_utils import write_text_atomic
+
+        write_text_atomic(self._file(path),
+                          json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
 
     @classmethod
     def load(cls, path: str) -> "LabelVocabulary":
-        if os.path.isdir(path):
-            path = os.path.join(path, VOCAB_FILE)
-        try:
-            with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
-        except FileNotFoundError:
-            raise InputError(f"{path}: vocabulary file not found") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: vocabulary is not valid JSON ({exc})") from None
+        import tensorflow as tf
+
+        from cnnrnn_tf.io_utils import read_json
+
+        path = cls._file(path)
+        if not tf.io.gfile.exists(path):
+            raise InputError(f"{path}: vocabulary file not found")
+        return cls.from_dict(read_json(path, "vocabulary"))
 
     @classmethod
     def from_text_file(cls, path: str) -> "LabelVocabulary":
         """Reads a vocabulary written one label per line, e.g. by tft.vocabulary."""
-        with open(path, encoding="utf-8") as f:
-            return cls(tuple(line.rstrip("\n") for line in f if line.strip()))
+        from cnnrnn_tf.io_utils import read_text
+
+        return cls(tuple(line for line in read_text(path, "vocabulary").split("\n")
+                         if line.strip()))
 
 
 def label_rank(vocab: LabelVocabulary, order: str, seed: int = 0) -> np.ndarray:

@@ -39,6 +39,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf import uri
 from cnnrnn_tf.io_utils import read_bytes
 from cnnrnn_tf.preprocessing import MAX_IMAGE_SIDE, TOO_LARGE_MESSAGE
 from cnnrnn_tf.schema import SHARD_GLOB, ShardWriter, image_format, make_example, validate_label
@@ -93,7 +94,7 @@ class ConversionSummary:
 def _missing_dirs(path: str) -> List[str]:
     """The folders of path (itself and parents) that do not exist, deepest first."""
     path = os.fspath(path)
-    if "://" in path:  # object stores: only the folder itself
+    if uri.is_remote(path):  # object stores: only the folder itself
         return [path] if not tf.io.gfile.exists(path) else []
     missing = []
     current = os.path.abspath(path)
@@ -136,7 +137,7 @@ def output_guard(*dirs: str) -> Iterator[List[str]]:
 
 def check_no_shards(out_dir: str) -> None:
     """Raises InputError when out_dir already holds shards."""
-    if tf.io.gfile.isdir(out_dir) and tf.io.gfile.glob(os.path.join(out_dir, SHARD_GLOB)):
+    if tf.io.gfile.isdir(out_dir) and tf.io.gfile.glob(uri.join(out_dir, SHARD_GLOB)):
         raise InputError(
             f"{out_dir}: already holds {SHARD_GLOB} shards; choose an empty output folder"
         )
@@ -270,7 +271,8 @@ def convert_csv(
         raise InputError("label_sep: must be a non-empty string")
     _check_records_per_shard(records_per_shard)
     text = _read_csv_text(csv_path)
-    base = os.path.dirname(os.path.abspath(csv_path))
+    uri.ensure_filesystems(csv_path, out_dir)
+    base = uri.dirname(uri.absolute(csv_path))
 
     def examples():
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # e.g. an open quote
@@ -302,7 +304,8 @@ def convert_csv(
                 labels = _split_labels(labels_text, label_sep, where)
                 if not labels:
                     raise InputError(f"{where}: image {image_ref}: no labels")
-                path = image_ref if os.path.isabs(image_ref) else os.path.join(base, image_ref)
+                path = (image_ref if os.path.isabs(image_ref) or uri.scheme(image_ref)
+                        else uri.join(base, image_ref))
                 yield read_image_file(path, where), labels, image_ref
         except csv.Error as exc:
             raise InputError(f"{csv_path}: line {reader.line_num}: malformed CSV ({exc})") from None
@@ -381,7 +384,8 @@ def convert_coco(
     images = _entries(data, "images", path)
     annotations = _entries(data, "annotations", path)
     categories = _entries(data, "categories", path)
-    if not os.path.isdir(images_dir):
+    uri.ensure_filesystems(images_dir, out_dir)
+    if not tf.io.gfile.isdir(images_dir):
         raise InputError(f"{images_dir}: image folder does not exist")
 
     names: Dict[object, str] = {}
@@ -427,7 +431,7 @@ def convert_coco(
             if not labels and skip_empty:
                 skipped["empty"] += 1
                 continue
-            image_path = os.path.join(images_dir, file_name)
+            image_path = uri.join(images_dir, file_name)
             image = read_image_file(image_path, f"{path}: image id {img_id!r}")
             yield image, labels, file_name
 
@@ -506,15 +510,16 @@ def convert_voc(
     _check_records_per_shard(records_per_shard)
     if not isinstance(split, str) or not split.strip() or os.sep in split or "/" in split:
         raise InputError(f"split: bad split name {split!r} (expected e.g. 'train', 'val', 'trainval')")
-    if not os.path.isdir(root):
+    uri.ensure_filesystems(root, out_dir)
+    if not tf.io.gfile.isdir(root):
         raise InputError(f"{root}: VOC root folder does not exist")
-    split_path = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+    split_path = uri.join(root, "ImageSets", "Main", f"{split}.txt")
     ids = _read_split_ids(split_path)
     skipped = Counter()
 
     def examples():
         for image_id in ids:
-            xml_path = os.path.join(root, "Annotations", f"{image_id}.xml")
+            xml_path = uri.join(root, "Annotations", f"{image_id}.xml")
             labels: List[str] = []
             for name, difficult in _voc_objects(xml_path):
                 if (include_difficult or not difficult) and name not in labels:
@@ -522,7 +527,7 @@ def convert_voc(
             if not labels:
                 skipped["empty"] += 1
                 continue
-            jpeg_path = os.path.join(root, "JPEGImages", f"{image_id}.jpg")
+            jpeg_path = uri.join(root, "JPEGImages", f"{image_id}.jpg")
             yield read_image_file(jpeg_path, f"{split_path}: id {image_id}"), labels, image_id
 
     written, label_counts, shards = _write(

@@ -83,6 +83,7 @@ from cnnrnn_tf.data.converters import (
     output_guard,
 )
 from cnnrnn_tf.data.idx import read_idx_images, read_idx_labels
+from cnnrnn_tf import uri
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.schema import ShardWriter
 
@@ -498,7 +499,7 @@ def build_fashion_outfits(
             f"image_size: must be an even integer >= {2 * ITEM_SIZE} (2x2 cells of at least "
             f"{ITEM_SIZE} pixels), got {image_size!r}"
         )
-    split_dirs = {split: os.path.join(out_dir, split) for split in ("train", "test")}
+    split_dirs = {split: uri.join(out_dir, split) for split in ("train", "test")}
     for split_dir in split_dirs.values():
         check_no_shards(split_dir)
     source = load_fashion_mnist(source_dir)

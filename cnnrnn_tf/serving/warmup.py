@@ -18,7 +18,6 @@ it, so call it guarded::
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from typing import Optional, Sequence
 
@@ -26,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2  # the serving extra
 
-from cnnrnn_tf import schema
+from cnnrnn_tf import schema, uri
+from cnnrnn_tf.io_utils import remove_quietly
 from cnnrnn_tf.errors import InputError
 
 WARMUP_DIR = "assets.extra"
@@ -47,11 +47,11 @@ def warmup_image(image_size: int) -> bytes:
 def _guess_image_size(saved_model_dir: str) -> int:
     """MODEL_DIR/saved_model: MODEL_DIR/config.json says; otherwise DEFAULT_IMAGE_SIZE
     (any size works: the serving graph resizes, this only makes warmup realistic)."""
-    config = os.path.join(os.path.dirname(os.path.normpath(saved_model_dir)), "config.json")
+    config = uri.join(uri.dirname(str(saved_model_dir).rstrip("/")), "config.json")
     try:
-        with open(config, encoding="utf-8") as f:
-            return int(json.load(f)["train_config"]["image_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        with tf.io.gfile.GFile(config, "r") as f:
+            return int(json.loads(f.read())["train_config"]["image_size"])
+    except (OSError, tf.errors.OpError, ValueError, KeyError, TypeError):
         return DEFAULT_IMAGE_SIZE
 
 
@@ -89,7 +89,7 @@ def write_warmup_requests(saved_model_dir: str, num_records: int = 1,
     file is written under a temporary name and renamed, so a server polling the
     folder never reads half of it.
     """
-    if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
+    if not tf.io.gfile.exists(uri.join(saved_model_dir, "saved_model.pb")):
         raise InputError(f"{saved_model_dir}: not a SavedModel folder (no saved_model.pb)")
     if num_records < 1:
         raise InputError(f"num_records {num_records}: must be >= 1")
@@ -100,18 +100,17 @@ def write_warmup_requests(saved_model_dir: str, num_records: int = 1,
         raise InputError(f"{total} warmup records: TF Serving reads at most {MAX_RECORDS}")
     size = int(image_size or _guess_image_size(saved_model_dir))
     records = warmup_requests(size, num_records, signatures, batch_sizes, model_name)
-    folder = os.path.join(saved_model_dir, WARMUP_DIR)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, WARMUP_NAME)
-    tmp = os.path.join(folder, f".{WARMUP_NAME}.tmp-{uuid.uuid4().hex[:8]}")
+    folder = uri.join(saved_model_dir, WARMUP_DIR)
+    tf.io.gfile.makedirs(folder)
+    path = uri.join(folder, WARMUP_NAME)
+    tmp = uri.join(folder, f".{WARMUP_NAME}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with tf.io.TFRecordWriter(tmp) as writer:  # uncompressed, as TF Serving reads it
             for record in records:
                 writer.write(record.SerializeToString())
-        os.replace(tmp, path)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        remove_quietly(tmp)
     return path
 
 
