@@ -11,8 +11,9 @@ defaults they match ``cnnrnn_tf.vocabulary``: 0 END, 1 START, 2+k label k.
 
 Live paths are folded into the batch: row ``b * beam_size + j`` is live slot j
 of item b. The step function is called as ``step_fn(tokens, state) -> (logits,
-new_state)`` with ``tokens`` int32 [batch*beam] (each beam's previous token,
-START at the first step), ``state`` any tf.nest structure of tensors with
+new_state)`` with ``tokens`` int32 [batch*beam] (each live path's previous token,
+START at the first step; rows of empty slots get some valid token id and what
+is computed for them is never used), ``state`` any tf.nest structure of tensors with
 leading dim batch*beam, and ``logits`` [batch*beam, num_tokens] unnormalised.
 ``initial_state`` has leading dim batch; each item is repeated ``beam_size``
 times before the loop. After the live paths of the next step are chosen, every
@@ -29,7 +30,7 @@ The procedure is the one of Wang et al. (2016), section 3.3, with N =
 * Start: one live path, the empty one (score 0); no candidates.
 * Masks: tokens in ``forbidden_ids`` are never emitted; with ``no_repeat``, a
   token already on the path is never emitted again; at the first
-  ``min_length`` steps END is masked too. Masked logits are replaced by a large
+  ``min_length`` steps (capped at ``max_length``) END is masked too. Masked logits are replaced by a large
   negative value (-1e9) BEFORE the float32 log_softmax, so the step
   distribution renormalises over the allowed tokens (a masked token has
   probability exactly 0 and is never a candidate, even when fewer than N

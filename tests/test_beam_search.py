@@ -564,6 +564,19 @@ def test_jit_compile():
     _assert_same(run(tf.constant(params[2])), eager)
 
 
+@pytest.mark.parametrize("beam_size,min_length", [(1, 0), (6, 1)])
+def test_jit_compile_random_tables(beam_size, min_length):
+    """XLA gives the eager outputs, also with more beams than tokens and min_length."""
+    problems, V, L = 64, 5, 3
+    rng = np.random.RandomState(beam_size)
+    tables = (rng.randn(problems, _HASH_SIZE, V) * 2).astype(np.float32)
+    init = (tf.range(problems), tf.zeros([problems], tf.int32))
+    kw = dict(beam_size=beam_size, max_length=L, min_length=min_length)
+    run = tf.function(lambda: beam_search(_hash_step(tables), init, problems, V, **kw),
+                      jit_compile=True)
+    _assert_same(run(), beam_search(_hash_step(tables), init, problems, V, **kw))
+
+
 def test_argument_checks():
     with pytest.raises(ValueError):
         beam_search(lambda t, s: (t, s), (), 1, 5, beam_size=0)
