@@ -10,8 +10,8 @@ import tensorflow as tf
 from cnnrnn_tf import schema
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.uri import ensure_filesystem
-from cnnrnn_tf.losses import PAD_TARGET
-from cnnrnn_tf.preprocessing import augment_image, decode_image
+from cnnrnn_tf.preprocessing import augment_image
+from cnnrnn_tf.preprocessor import Preprocessor, sequence_targets  # noqa: F401  (re-exported)
 from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID, LabelVocabulary, label_rank
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -99,48 +99,6 @@ def choose_max_labels(stats: LabelStats, requested: Optional[int] = None) -> int
     return int(requested) if requested else int(min(max(stats.max_labels, 1), MAX_LABELS_CAP))
 
 
-def _lookup_table(vocab: LabelVocabulary) -> tf.lookup.StaticHashTable:
-    keys = tf.constant(list(vocab.labels))
-    values = tf.range(len(vocab), dtype=tf.int32)
-    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), -1)
-
-
-def label_ids_fn(vocab: LabelVocabulary, order: str = "frequent-first", seed: int = 0):
-    """Returns fn(labels: string [n]) -> int32 vocabulary ids ordered for training.
-
-    Unknown labels are dropped; duplicates keep their first occurrence.
-    """
-    table = _lookup_table(vocab)
-    rank = tf.constant(label_rank(vocab, order, seed), tf.int32)
-
-    def fn(labels):
-        ids = table.lookup(labels)
-        ids = tf.boolean_mask(ids, ids >= 0)
-        ids, _ = tf.unique(ids)
-        order_idx = tf.argsort(tf.gather(rank, ids), stable=True)
-        return tf.gather(ids, order_idx)
-
-    return fn
-
-
-def sequence_targets(ids: tf.Tensor, max_labels: int):
-    """Ordered label ids -> (inputs [T], targets [T]) with T = max_labels + 1.
-
-    inputs  = START, l1, ..., ln, END-padding
-    targets = l1, ..., ln, END, PAD_TARGET-padding   (token ids: label k -> k + 2)
-    """
-    tokens = ids[:max_labels] + NUM_SPECIAL
-    n = tf.shape(tokens)[0]
-    length = max_labels + 1
-    inputs = tf.concat([[START_ID], tokens], 0)
-    inputs = tf.pad(inputs, [[0, length - n - 1]], constant_values=END_ID)
-    targets = tf.concat([tokens, [END_ID]], 0)
-    targets = tf.pad(targets, [[0, length - n - 1]], constant_values=PAD_TARGET)
-    inputs.set_shape([length])
-    targets.set_shape([length])
-    return inputs, targets
-
-
 def make_dataset(
     data,
     vocab: LabelVocabulary,
@@ -156,28 +114,47 @@ def make_dataset(
     cache: bool = True,
     repeat: bool = False,
     with_ids: bool = False,
+    rank: Optional[Sequence[int]] = None,
+    preprocessor: Optional[Preprocessor] = None,
 ) -> tf.data.Dataset:
-    """Batches for Keras.
+    """Batches for Keras, built by the :class:`~cnnrnn_tf.preprocessor.Preprocessor`.
 
-    mode "sequence" (CNN-RNN): ({"images", "label_inputs"}, targets [B, T]).
+    mode "sequence" (CNN-RNN): ({"images", "label_inputs", "label_set"}, targets [B, T]);
+    ``label_set`` is the image's whole label set as multi-hot [B, K] (for the auxiliary loss:
+    never cut at max_labels).
     mode "multi_hot" (BCE / ASL): ({"images"}, multi-hot [B, K]).
     mode "eval": ({"images"}, multi-hot [B, K]) in file order, plus "id" when with_ids.
-    Images are float32 [B, S, S, 3] pixels in [0, 255].
+    Images are float32 [B, S, S, 3] pixels in [0, 255] with uint8 values (exactly what the
+    serving signatures compute). ``rank``: the label order as a rank per vocabulary index
+    (default: from ``label_order`` and ``seed``). Shards are read in parallel (interleaved;
+    in file order unless training, where the file order is shuffled too).
     """
     if mode not in ("sequence", "multi_hot", "eval"):
         raise ValueError(f"unknown mode {mode}")
     files = resolve_files(data)
-    to_ids = label_ids_fn(vocab, label_order, seed)
-    num_labels = len(vocab)
+    if preprocessor is None:
+        preprocessor = Preprocessor(
+            image_size, vocab.labels,
+            label_rank(vocab, label_order, seed) if rank is None else rank,
+            max_labels=max_labels)
+    num_labels = preprocessor.num_labels
     spec = schema.feature_spec(require_labels=True)
 
     def parse(serialized):
         ex = tf.io.parse_single_example(serialized, spec)
-        image = tf.cast(decode_image(ex[schema.IMAGE_KEY], image_size), tf.uint8)
+        image = preprocessor.decode_image(ex[schema.IMAGE_KEY])  # uint8, as in serving
         labels = tf.sparse.to_dense(ex[schema.LABELS_KEY], default_value="")
-        return image, to_ids(labels), ex[schema.ID_KEY]
+        return image, preprocessor.label_ids(labels), ex[schema.ID_KEY]
 
-    ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION)
+    if training and len(files) > 1:
+        ds = tf.data.Dataset.from_tensor_slices(files).shuffle(
+            len(files), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.interleave(
+            lambda f: tf.data.TFRecordDataset(f, compression_type=schema.COMPRESSION),
+            cycle_length=min(len(files), 8), block_length=16,
+            num_parallel_calls=min(len(files), 8), deterministic=True)
+    else:  # file order: one shard after the other
+        ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION)
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
     if cache:
         ds = ds.cache()
@@ -185,16 +162,22 @@ def make_dataset(
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    augmenting = augment and training
+    if augmenting:  # one random seed per example, reproducible from ``seed``
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True).batch(2)))
+    else:
+        ds = ds.map(lambda *x: (x, tf.zeros([2], tf.int64)))
 
-    def to_model_inputs(image, ids, image_id):
+    def to_model_inputs(example, aug_seed):
+        image, ids, image_id = example
         image = tf.cast(image, tf.float32)
-        if augment and training:
-            image = augment_image(image)
+        if augmenting:
+            image = augment_image(image, seed=aug_seed)
+        y = tf.ensure_shape(preprocessor.multi_hot(ids), [num_labels])
         if mode == "sequence":
-            inputs, targets = sequence_targets(ids, max_labels)
-            return {"images": image, "label_inputs": inputs}, targets
-        y = tf.minimum(tf.reduce_sum(tf.one_hot(ids, num_labels, dtype=tf.float32), axis=0), 1.0)
-        y = tf.ensure_shape(tf.reshape(y, [num_labels]), [num_labels])
+            inputs, targets = preprocessor.sequence(ids)
+            return {"images": image, "label_inputs": inputs, "label_set": y}, targets
         features = {"images": image}
         if with_ids:
             features["id"] = image_id

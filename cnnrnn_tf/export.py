@@ -32,7 +32,7 @@ import tensorflow as tf
 from cnnrnn_tf import schema, uri
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.io_utils import makedirs, publish_dir, remove_quietly
-from cnnrnn_tf.preprocessing import decode_images
+from cnnrnn_tf.preprocessor import Preprocessor
 from cnnrnn_tf.vocabulary import LabelVocabulary
 
 SIGNATURES = ("serving_default", "predict_images", "label_scores")
@@ -51,6 +51,8 @@ class ServingModule(tf.Module):
         self.image_size = int(image_size)
         self.beam_size = int(beam_size or getattr(model, "beam_size", 1) or 1)
         self.num_labels = len(vocab)
+        # The same preprocessor as tf.data: bit-identical pixels (see cnnrnn_tf.preprocessor).
+        self.preprocessor = Preprocessor(self.image_size, vocab.labels)
         self.label_names = tf.constant([""] + list(vocab.labels))
         self.label_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
@@ -85,7 +87,7 @@ class ServingModule(tf.Module):
     def _images_from_examples(self, examples):
         parsed = tf.io.parse_example(
             examples, {schema.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})
-        return decode_images(parsed[schema.IMAGE_KEY], self.image_size)
+        return self.preprocessor.decode_images(parsed[schema.IMAGE_KEY])
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
@@ -94,7 +96,7 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def predict_images(self, images):
-        outputs, _ = self._decode(decode_images(images, self.image_size))
+        outputs, _ = self._decode(self.preprocessor.decode_images(images))
         return outputs
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])

@@ -10,7 +10,8 @@ from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.io_utils import read_bytes
 from cnnrnn_tf.evaluation import decode_function
 from cnnrnn_tf.model_dir import load_model_dir
-from cnnrnn_tf.preprocessing import TOO_LARGE_MESSAGE, check_image_bytes, decode_image
+from cnnrnn_tf.preprocessing import TOO_LARGE_MESSAGE, check_image_bytes
+from cnnrnn_tf.preprocessor import Preprocessor
 
 
 def read_image_file(path: str) -> bytes:
@@ -25,7 +26,8 @@ def decode_image_bytes(data: bytes, image_size: int, name: str = "image") -> np.
     """
     check_image_bytes(data, name)
     try:
-        return decode_image(tf.constant(data), image_size).numpy()
+        pixels = Preprocessor(image_size).decode_image(tf.constant(data))
+        return pixels.numpy().astype(np.float32)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
         if TOO_LARGE_MESSAGE in exc.message:
             raise InputError(f"{name}: {TOO_LARGE_MESSAGE}") from None

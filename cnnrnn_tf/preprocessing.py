@@ -1,8 +1,17 @@
-"""Image decoding and resizing, shared by tf.data and the serving graph.
+"""Image decoding and resizing: the one function tf.data, the SavedModel and the predictor call.
 
-Images enter the models as float32 RGB pixels in [0, 255] of a fixed square
-size; each encoder normalises them itself (its first layers), so the same
-function serves training, evaluation and the exported SavedModel.
+:func:`decode_image` turns PNG/JPEG/GIF/BMP bytes into **uint8** RGB pixels of a fixed square
+size (resized with antialiasing, rounded to the nearest integer). tf.data caches those uint8
+pixels and the serving graph computes the very same ones, so training, evaluation and
+serving see bit-identical model inputs at every source size (0.2.0 truncated on one side
+only). The models take them as float32 in [0, 255]; each encoder normalises them itself.
+
+Memory is bounded, in the exported graph too (so TF Serving gets it): the header is read
+before any pixel is decoded and an image over MAX_IMAGE_SIDE a side or MAX_IMAGE_PIXELS in
+all is refused (InvalidArgumentError); a JPEG much larger than the target is decoded at a
+reduced scale (libjpeg's 1/2, 1/4, 1/8 DCT scaling); resizing reads the uint8 pixels
+directly (no full-size float32 copy, which cost 4x the decoded image); a batch decodes at
+most DECODE_PARALLELISM images at a time.
 """
 from __future__ import annotations
 
@@ -13,7 +22,12 @@ import tensorflow as tf
 # read from the PNG / JPEG / GIF / BMP header first (image_header_side), so a file
 # whose header claims 100000x100000 is refused without allocating its pixels.
 MAX_IMAGE_SIDE = 8192
-TOO_LARGE_MESSAGE = f"image larger than {MAX_IMAGE_SIDE} pixels on a side"
+# 16 MP in all (4096 x 4096): the decoded RGB image then takes at most 48 MiB.
+MAX_IMAGE_PIXELS = 16 * 1024 * 1024
+TOO_LARGE_MESSAGE = (f"image too large: at most {MAX_IMAGE_SIDE} pixels a side and "
+                     f"{MAX_IMAGE_PIXELS} pixels in all")
+# Images of a batch decoded at the same time (tf.map_fn's parallel_iterations).
+DECODE_PARALLELISM = 2
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -25,10 +39,15 @@ def _header_bytes(encoded: tf.Tensor, pos: int, n: int) -> tf.Tensor:
 
 
 def image_header_side(encoded: tf.Tensor) -> tf.Tensor:
-    """The larger side in pixels that a PNG/JPEG/GIF/BMP header claims, without decoding.
+    """The larger side in pixels that a PNG/JPEG/GIF/BMP header claims, without decoding."""
+    return tf.reduce_max(image_header_dims(encoded))
 
-    int64 scalar; 0 for anything else (the decoder then rejects it). A JPEG whose
-    header cannot be read raises InvalidArgumentError, as decoding it would.
+
+def image_header_dims(encoded: tf.Tensor) -> tf.Tensor:
+    """[height, width] (int64) that a PNG/JPEG/GIF/BMP header claims, without decoding.
+
+    [0, 0] for anything else (the decoder then rejects it). A JPEG whose header
+    cannot be read raises InvalidArgumentError, as decoding it would.
     """
     length = tf.strings.length(encoded)
     head = tf.strings.substr(encoded, 0, 8)
@@ -37,28 +56,28 @@ def image_header_side(encoded: tf.Tensor) -> tf.Tensor:
         b = _header_bytes(encoded, 16, 8)
         width = ((b[0] * 256 + b[1]) * 256 + b[2]) * 256 + b[3]
         height = ((b[4] * 256 + b[5]) * 256 + b[6]) * 256 + b[7]
-        return tf.maximum(width, height)
+        return tf.stack([height, width])
 
     def jpeg():
-        return tf.reduce_max(tf.image.extract_jpeg_shape(encoded, output_type=tf.int64)[:2])
+        return tf.image.extract_jpeg_shape(encoded, output_type=tf.int64)[:2]
 
     def gif():  # logical screen: little-endian uint16 at bytes 6..10
         b = _header_bytes(encoded, 6, 4)
-        return tf.maximum(b[0] + 256 * b[1], b[2] + 256 * b[3])
+        return tf.stack([b[2] + 256 * b[3], b[0] + 256 * b[1]])
 
     def bmp():  # BITMAPINFOHEADER: little-endian int32 width, height at bytes 18..26
         b = _header_bytes(encoded, 18, 8)
         width = b[0] + 256 * (b[1] + 256 * (b[2] + 256 * b[3]))
         height = b[4] + 256 * (b[5] + 256 * (b[6] + 256 * b[7]))
         height = tf.where(height >= 2 ** 31, 2 ** 32 - height, height)  # top-down BMPs
-        return tf.maximum(width, height)
+        return tf.stack([height, width])
 
     return tf.case([
         (tf.logical_and(tf.strings.substr(head, 0, 8) == _PNG_MAGIC, length >= 24), png),
         (tf.strings.substr(head, 0, 3) == _JPEG_MAGIC, jpeg),
         (tf.logical_and(tf.strings.substr(head, 0, 3) == b"GIF", length >= 10), gif),
         (tf.logical_and(tf.strings.substr(head, 0, 2) == b"BM", length >= 26), bmp),
-    ], default=lambda: tf.constant(0, tf.int64), exclusive=True)
+    ], default=lambda: tf.zeros([2], tf.int64), exclusive=True)
 
 
 def check_image_bytes(data: bytes, name: str = "image") -> None:
@@ -83,7 +102,7 @@ def check_image_bytes(data: bytes, name: str = "image") -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data), formats=["PNG", "JPEG", "GIF", "BMP"]) as image:
-                if max(image.size) > MAX_IMAGE_SIDE:
+                if image_too_large(*image.size):
                     raise InputError(f"{name}: {TOO_LARGE_MESSAGE} "
                                      f"({image.size[0]}x{image.size[1]})")
                 image.load()
@@ -100,44 +119,89 @@ def check_image_bytes(data: bytes, name: str = "image") -> None:
                          ) from None
 
 
-def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Decodes one PNG/JPEG (also GIF/BMP) string to float32 [size, size, 3] in [0, 255].
+def image_too_large(width: int, height: int) -> bool:
+    """The Python side of the size limits (converters, Pillow checks)."""
+    return max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS
 
-    Grayscale is repeated to RGB, alpha is dropped, 16-bit PNG is scaled to 8 bit.
-    Raises InvalidArgumentError on bytes that are not a decodable image, or on an
-    image whose side exceeds MAX_IMAGE_SIDE (checked on the header, before decoding).
+
+def _jpeg_ratio(dims: tf.Tensor, image_size: int) -> tf.Tensor:
+    """The largest DCT scale 1/r (r in 1, 2, 4, 8) that keeps both sides >= 2x the target."""
+    short = tf.reduce_min(dims)
+    ratio = tf.constant(1, tf.int64)
+    for r in (2, 4, 8):
+        ratio = tf.where(short >= 2 * r * image_size, tf.constant(r, tf.int64), ratio)
+    return ratio
+
+
+def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Decodes one PNG/JPEG (also GIF/BMP) string to uint8 [size, size, 3].
+
+    Grayscale is repeated to RGB, alpha is dropped, 16-bit PNG is scaled to 8 bit. The
+    resize is bilinear with antialiasing, rounded to the nearest integer. Raises
+    InvalidArgumentError on bytes that are not a decodable image, or on an image over the
+    size limits (checked on the header, before decoding).
     """
-    check = tf.debugging.assert_less_equal(
-        image_header_side(encoded), tf.constant(MAX_IMAGE_SIDE, tf.int64),
-        message=TOO_LARGE_MESSAGE, summarize=1,
-    )
+    dims = image_header_dims(encoded)
+    check = tf.debugging.assert_equal(
+        tf.logical_and(tf.reduce_max(dims) <= MAX_IMAGE_SIDE,
+                       dims[0] * dims[1] <= MAX_IMAGE_PIXELS), True,
+        message=TOO_LARGE_MESSAGE, summarize=1)
     with tf.control_dependencies([check] if check is not None else []):
-        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
-    dims = tf.shape(image)
-    tf.debugging.assert_less_equal(
-        tf.reduce_max(dims[:2]), MAX_IMAGE_SIDE, message=TOO_LARGE_MESSAGE, summarize=1,
-    )
-    image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], antialias=True)
-    image = tf.clip_by_value(image, 0.0, 255.0)
+        is_jpeg = tf.strings.substr(encoded, 0, 3) == _JPEG_MAGIC
+        ratio = _jpeg_ratio(dims, image_size)
+
+        def jpeg():
+            return tf.switch_case(
+                tf.cast(tf.math.log(tf.cast(ratio, tf.float32)) / tf.math.log(2.0) + 0.5,
+                        tf.int32),
+                [lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r,
+                                               dct_method="INTEGER_ACCURATE")
+                 for r in (1, 2, 4, 8)])
+
+        def other():
+            return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8,
+                                      expand_animations=False)
+
+        image = tf.cond(tf.logical_and(is_jpeg, ratio > 1), jpeg, other)
+    sides = tf.shape(image)
+    tf.debugging.assert_equal(
+        tf.logical_and(tf.reduce_max(sides[:2]) <= MAX_IMAGE_SIDE,
+                       tf.cast(sides[0], tf.int64) * tf.cast(sides[1], tf.int64)
+                       <= MAX_IMAGE_PIXELS), True, message=TOO_LARGE_MESSAGE, summarize=1)
+    # resize reads the uint8 pixels as they are: no full-size float32 copy.
+    image = tf.image.resize(image, [image_size, image_size], antialias=True)
+    image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
     image.set_shape([image_size, image_size, 3])
     return image
 
 
-def decode_images(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Decodes a [batch] string tensor to float32 [batch, size, size, 3]."""
-    return tf.map_fn(
+def decode_images(encoded: tf.Tensor, image_size: int,
+                  parallelism: int = DECODE_PARALLELISM) -> tf.Tensor:
+    """Decodes a [batch] string tensor to float32 model inputs [batch, size, size, 3].
+
+    At most ``parallelism`` images are decoded at a time, so a batch of large images
+    holds at most that many full-size decoded images in memory.
+    """
+    pixels = tf.map_fn(
         lambda x: decode_image(x, image_size),
         encoded,
-        fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+        fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
+        parallel_iterations=int(parallelism),
     )
+    return tf.cast(pixels, tf.float32)
 
 
 def augment_image(image: tf.Tensor, seed=None) -> tf.Tensor:
     """Light augmentation for multi-label scenes: brightness/contrast jitter only.
 
+    ``seed``: an int64 [2] seed for TF's stateless random ops (tf.data passes one per
+    example, drawn from the training seed), so a run is reproducible; None draws fresh.
     No flips or crops by default: they can move an object out of the frame or
     change what a label means (left/right); both are cheap to add per dataset.
     """
-    image = tf.image.random_brightness(image, 20.0, seed=seed)
-    image = tf.image.random_contrast(image, 0.8, 1.2, seed=seed)
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int64)
+    seed = tf.cast(seed, tf.int64)
+    image = tf.image.stateless_random_brightness(image, 20.0, seed=seed)
+    image = tf.image.stateless_random_contrast(image, 0.8, 1.2, seed=seed + 1)
     return tf.clip_by_value(image, 0.0, 255.0)

@@ -144,6 +144,12 @@ def _bucket_problem(root: str):
         return "cannot be reached", exc
 
 
+def ensure_filesystems(*paths) -> None:
+    for path in paths:
+        if path:
+            ensure_filesystem(path)
+
+
 def beam_s3_options(env: Optional[Mapping[str, str]] = None) -> List[str]:
     """Apache Beam's S3 options (``apache-beam[aws]``) from the AWS standard variables."""
     env = os.environ if env is None else env

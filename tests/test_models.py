@@ -159,25 +159,30 @@ def test_mixed_precision_fit_and_decode():
     assert keras.config.dtype_policy().name == "float32"
 
 
-def test_aux_label_loss_matches_numpy_and_trains_the_encoder(tmp_path):
-    model = CNNRNN(tiny_encoder(), 4, embed_dim=8, lstm_units=16, max_labels=3,
+def test_aux_label_loss_uses_the_whole_label_set_in_fit_and_validation(tmp_path):
+    model = CNNRNN(tiny_encoder(), 4, embed_dim=8, lstm_units=16, max_labels=1,
                    label_head="aux", aux_loss_weight=2.0)
-    label_inputs = np.array([[START_ID, 2, 5, END_ID], [START_ID, 4, END_ID, END_ID]])
-    inputs = {"images": random_images(2), "label_inputs": label_inputs}
+    # max_labels=1 cuts the teacher-forcing path after the first label; the label set
+    # (the aux loss's own target) keeps all of them.
+    label_inputs = np.array([[START_ID, 2], [START_ID, 4]])
+    label_set = np.array([[1, 0, 0, 1], [0, 0, 1, 0]], "float32")
+    inputs = {"images": random_images(2), "label_inputs": label_inputs, "label_set": label_set}
     model(inputs)
     logits = np.random.RandomState(1).randn(2, 4).astype("float32")
-    multi_hot = np.array([[1, 0, 0, 1], [0, 0, 1, 0]], "float32")  # tokens - 2; START/END out
     p = 1 / (1 + np.exp(-logits))
-    expected = np.mean(-(multi_hot * np.log(p) + (1 - multi_hot) * np.log(1 - p)))
-    assert float(model.label_set_loss(label_inputs, logits)) == pytest.approx(expected, rel=1e-5)
+    expected = np.mean(-(label_set * np.log(p) + (1 - label_set) * np.log(1 - p)))
+    assert float(model.label_set_loss(label_set, logits)) == pytest.approx(expected, rel=1e-5)
 
-    # The auxiliary loss is added in training only: the fit loss is the sequence
-    # loss plus 2 x the label-set loss; evaluation reports the sequence loss alone.
-    targets = np.array([[2, 5, 0, -1], [4, 0, -1, -1]])
+    # The fit loss and the validation loss are both the sequence loss plus 2 x the
+    # label-set loss (0.2.0 left the auxiliary loss out of val_loss).
+    targets = np.array([[2, 0], [4, 0]])
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=sequence_crossentropy())
-    seq = model.evaluate(inputs, targets, verbose=0)
+    seq_only = {k: v for k, v in inputs.items() if k != "label_set"}
+    seq = model.evaluate(seq_only, targets, verbose=0)
     features = model.encoder(inputs["images"])
-    aux = float(model.label_set_loss(label_inputs, model.label_head(features)))
+    aux = float(model.label_set_loss(label_set, model.label_head(features)))
+    val = model.evaluate(inputs, targets, verbose=0)
+    assert val == pytest.approx(seq + 2.0 * aux, rel=1e-4)
     fit_loss = model.fit(inputs, targets, epochs=1, verbose=0).history["loss"][0]
     assert fit_loss == pytest.approx(seq + 2.0 * aux, rel=1e-4)
 

@@ -41,7 +41,7 @@ import tensorflow as tf
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf import uri
 from cnnrnn_tf.io_utils import read_bytes
-from cnnrnn_tf.preprocessing import MAX_IMAGE_SIDE, TOO_LARGE_MESSAGE
+from cnnrnn_tf.preprocessing import TOO_LARGE_MESSAGE, image_too_large
 from cnnrnn_tf.schema import SHARD_GLOB, ShardWriter, image_format, make_example, validate_label
 
 DEFAULT_RECORDS_PER_SHARD = 2048
@@ -173,7 +173,7 @@ def read_image_file(path: str, where: str) -> bytes:
     allowed = ["PNG"] if fmt == "png" else ["JPEG"] if fmt == "jpeg" else list(CONVERTED_FORMATS)
     try:
         with Image.open(io.BytesIO(data), formats=allowed) as image:
-            if max(image.size) > MAX_IMAGE_SIDE:  # from the header, before decoding
+            if image_too_large(*image.size):  # from the header, before decoding
                 raise InputError(f"{where}: {path}: {TOO_LARGE_MESSAGE} "
                                  f"({image.size[0]}x{image.size[1]})")
             image.load()

@@ -109,25 +109,23 @@ class CNNRNN(keras.Model):
         logits = self.decoder(features, inputs["label_inputs"], training=training)
         if self.label_head is not None:
             aux_logits = self.label_head(features)
-            if training and self.aux_loss_weight > 0:
+            if self.aux_loss_weight > 0 and "label_set" in inputs:
+                # In training and validation alike, so val_loss is the loss optimised.
                 self.add_loss(self.aux_loss_weight * self.label_set_loss(
-                    inputs["label_inputs"], ops.cast(aux_logits, "float32")))
+                    inputs["label_set"], ops.cast(aux_logits, "float32")))
             evidence = self.evidence(features, aux_logits)
             if evidence is not None:
                 logits = logits + evidence[:, None, :]
         return logits
 
-    def label_set_loss(self, label_inputs, aux_logits):
-        """Mean per-label binary cross-entropy of the image's label set.
+    def label_set_loss(self, label_set, aux_logits):
+        """Mean per-label binary cross-entropy of the image's whole label set.
 
-        The set is read from the teacher-forcing inputs (every token >= NUM_SPECIAL
-        is a label of the image; START and END are not), so no other input is needed.
+        ``label_set``: multi-hot [B, num_labels] from the preprocessor (every label of the
+        image, never cut at max_labels like the teacher-forcing inputs are).
         """
-        ids = ops.cast(label_inputs, "int32") - NUM_SPECIAL
-        one_hot = ops.one_hot(ops.where(ids >= 0, ids, self.num_labels), self.num_labels + 1)
-        multi_hot = ops.max(one_hot, axis=1)[:, : self.num_labels]
         return ops.mean(keras.losses.binary_crossentropy(
-            multi_hot[..., None], aux_logits[..., None], from_logits=True))
+            ops.cast(label_set, "float32")[..., None], aux_logits[..., None], from_logits=True))
 
     def decode(self, images, beam_size=None, max_labels=None):
         """Beam search. Returns a dict of tensors:
