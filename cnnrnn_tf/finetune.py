@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import collections
 
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -178,21 +178,43 @@ def new_labels_in(vocab: LabelVocabulary, label_lists: Iterable[Iterable[str]]) 
             if name not in known]
 
 
+def learned_rank(loaded) -> List[int]:
+    """The label order a MODEL_DIR was trained with, as a rank per vocabulary index.
+
+    From config.json's ``label_rank`` (0.3.0 on); older MODEL_DIRs: recomputed from their
+    ``label_order`` and ``seed`` over their vocabulary, as 0.2.0 trained them.
+    """
+    from cnnrnn_tf.vocabulary import label_rank
+
+    saved = loaded.info.get("label_rank")
+    if saved is not None and len(saved) == len(loaded.vocab):
+        return [int(r) for r in saved]
+    return [int(r) for r in label_rank(loaded.vocab, loaded.config.label_order,
+                                       loaded.config.seed)]
+
+
+def appended_rank(old_rank: Sequence[int], num_new: int) -> List[int]:
+    """Old labels keep their relative order; new labels come after them, in vocabulary order."""
+    top = max(old_rank, default=-1)
+    return [int(r) for r in old_rank] + [top + 1 + i for i in range(num_new)]
+
+
 def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional[int] = None,
-             *, keep_label_ids: bool = False, verbose: int = 1, **config_changes):
+             *, reorder: bool = False, keep_label_ids: Optional[bool] = None, verbose: int = 1,
+             **config_changes):
     """Loads MODEL_DIR, adds the new labels of ``train_dir``, trains, writes MODEL_DIR ``out_dir``.
 
     The training configuration is the one the model was trained with, with
     ``epochs`` and any ``config_changes`` (``learning_rate=``, ``batch_size=``,
     ...) applied; ``image_size``, ``model`` and the architecture stay as trained.
 
-    The vocabulary: by default :func:`finetune_vocabulary`, the labels ordered by
-    their frequency in ``train_dir`` (every old label keeps its weights, at its
-    new index). With a frequent-first label order, a new label then takes its
-    place in the label paths by frequency; appended at the end instead
-    (``keep_label_ids=True``: old ids unchanged, new labels last, counts from
-    ``train_dir``) it comes last in every training path and is decoded only
-    after all other labels of an image, which a weak base model rarely reaches.
+    The label order: by default the model keeps the order it learned (its ``label_rank``
+    from config.json): old labels keep their ids and their relative order, new labels are
+    appended after them (most frequent in ``train_dir`` first). ``reorder=True`` re-orders
+    explicitly: the vocabulary becomes :func:`finetune_vocabulary` (every label by its
+    frequency in ``train_dir``; old labels keep their weights at their new index) and the
+    configured ``label_order`` applies to it. (``keep_label_ids`` is 0.2.0's name:
+    ``keep_label_ids=False`` is ``reorder=True``.)
     ``out_dir`` gets the usual MODEL_DIR (model, vocabulary, SavedModel, metrics
     on ``eval_dir``); its ``config.json`` records ``finetuned_from`` and ``new_labels``.
 
@@ -216,18 +238,22 @@ def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional
     max_labels = max(int(getattr(loaded.model, "max_labels", 1)),
                      choose_max_labels(stats, config_changes.pop("max_labels", None)))
     config = loaded.config.replace(epochs=epochs, max_labels=max_labels, **config_changes)
+    if keep_label_ids is not None:  # 0.2.0's name: keep ids == keep the learned order
+        reorder = not keep_label_ids
     vocab = finetune_vocabulary(loaded.vocab, stats.label_lists)
-    if keep_label_ids:
+    rank = None  # reorder: the configured label order over the new frequencies
+    if not reorder:
         grown = loaded.vocab.extend(added)
         vocab = LabelVocabulary(grown.labels, tuple(vocab.counts[vocab.index[n]]
                                                     for n in grown.labels))
+        rank = appended_rank(learned_rank(loaded), len(added))
     model = remap_vocabulary(loaded.model, loaded.vocab, vocab, max_labels=max_labels,
                              image_size=loaded.image_size, seed=config.seed)
     if verbose:
         print(f"Fine-tuning {model_dir}: {len(added)} new label(s)"
               f"{': ' + ', '.join(added) if added else ''}.", flush=True)
     result = train(config, train_dir, eval_dir, out_dir, vocab=vocab, initial_model=model,
-                   verbose=verbose)
+                   verbose=verbose, rank=rank)
     result.info.update(finetuned_from=str(model_dir), new_labels=added)
     write_json(join(out_dir, CONFIG_FILE), {"train_config": config.to_dict(), **result.info})
     return result

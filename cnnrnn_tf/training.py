@@ -10,6 +10,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from cnnrnn_tf import __version__
@@ -20,7 +21,7 @@ from cnnrnn_tf.io_utils import makedirs, remove_quietly
 from cnnrnn_tf.uri import absolute, ensure_filesystem, join, storage_error
 from cnnrnn_tf.model_dir import (HISTORY_FILE, METRICS_FILE, SAVED_MODEL_DIR, is_model_dir,
                                  save_model_dir, write_json)
-from cnnrnn_tf.vocabulary import LabelVocabulary
+from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
 
 log = logging.getLogger(__name__)
 BACKUP_DIR = "backup"
@@ -110,6 +111,7 @@ def train(
     verbose: int = 1,
     extra_callbacks: Optional[List[keras.callbacks.Callback]] = None,
     initial_model: Optional[keras.Model] = None,
+    rank=None,
 ) -> TrainResult:
     """Trains the model ``config`` describes and writes MODEL_DIR ``out_dir``.
 
@@ -117,6 +119,8 @@ def train(
     files. The vocabulary is built from the training labels unless given (the TFX
     Trainer passes the one Transform computed). An interrupted run resumes from
     ``out_dir/backup`` when started again with the same arguments.
+    ``rank``: the label order as a rank per vocabulary index (lower first); default from
+    ``config.label_order``. It is saved in config.json (``label_rank``), so fine-tuning keeps it.
     ``initial_model``: train this model (e.g. from ``cnnrnn_tf.finetune``) instead of
     building a fresh one; its number of labels must match the vocabulary. Create it
     inside ``strategy.scope()`` when training on several GPUs.
@@ -137,9 +141,13 @@ def train(
     max_labels = choose_max_labels(train_stats, config.max_labels)
     epochs = config.epochs or default_epochs(train_stats.num_examples)
     mode = "sequence" if config.model == "cnn-rnn" else "multi_hot"
+    rank = (np.asarray(label_rank(vocab, config.label_order, config.seed)) if rank is None
+            else np.asarray(rank, dtype=np.int32))
+    if rank.shape != (len(vocab),):
+        raise ValueError(f"rank has {rank.shape[0]} entries, the vocabulary {len(vocab)}")
     common = dict(vocab=vocab, mode=mode, image_size=config.image_size,
-                  batch_size=config.batch_size, max_labels=max_labels,
-                  label_order=config.label_order, seed=config.seed)
+                  batch_size=config.batch_size, max_labels=max_labels, rank=rank,
+                  seed=config.seed)
     # Keep decoded images in memory only when they fit comfortably.
     cache = train_stats.num_examples * config.image_size ** 2 * 3 < (2 << 30)
     train_ds = make_dataset(train_data, training=True, augment=config.augment,
@@ -204,6 +212,7 @@ def train(
     info = {
         "library_version": __version__,
         "max_labels": max_labels,
+        "label_rank": [int(r) for r in rank],
         "num_train": train_stats.num_examples,
         "num_eval": eval_stats.num_examples,
         "epochs_run": len(history.history.get("loss", [])),

@@ -188,12 +188,11 @@ def test_finetuned_model_predicts_the_new_label(tmp_path):
                       str(tmp_path / "new_test"), str(tmp_path / "tuned"), epochs=4,
                       verbose=0, learning_rate=3e-3)
     vocab = result.vocab
-    assert set(vocab.labels) == set(base.vocab.labels) | {"frame"}
-    # by frequency in the new data (green 83, then blue, red, frame 64 each: ties keep the
-    # old labels first); "bar" is not in the new data
-    assert vocab.labels[0] == "green" and vocab.labels[3] == "frame"
-    assert vocab.labels[-1] == "bar" and vocab.counts[-1] == 0
+    # The learned order is kept: old labels keep their ids and ranks, "frame" is appended.
+    assert vocab.labels == base.vocab.labels + ("frame",)
     info = json.load(open(tmp_path / "tuned" / "config.json"))
+    base_info = json.load(open(tmp_path / "base" / "config.json"))
+    assert info["label_rank"] == base_info["label_rank"] + [len(base.vocab)]
     assert info["new_labels"] == ["frame"] and info["finetuned_from"].endswith("base")
     assert os.path.isfile(tmp_path / "tuned" / "saved_model" / "saved_model.pb")
 
@@ -213,3 +212,23 @@ def test_finetuned_model_predicts_the_new_label(tmp_path):
     with pytest.raises(InputError, match="architecture"):
         finetune(str(tmp_path / "base"), str(tmp_path / "new_train"), str(tmp_path / "new_test"),
                  str(tmp_path / "other"), epochs=1, verbose=0, image_size=64)
+
+
+def test_random_order_survives_fine_tuning():
+    """0.2.0 drew a new random permutation for the grown vocabulary."""
+    from types import SimpleNamespace
+
+    from cnnrnn_tf.finetune import appended_rank, learned_rank
+    from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
+
+    vocab = LabelVocabulary(tuple("abcdef"), (6, 5, 4, 3, 2, 1))
+    config = TrainConfig(label_order="random", seed=3)
+    old = SimpleNamespace(info={}, vocab=vocab, config=config)  # a 0.2.0 MODEL_DIR
+    rank = learned_rank(old)
+    assert rank == label_rank(vocab, "random", 3).tolist()
+    grown = appended_rank(rank, 2)
+    order = sorted(range(8), key=lambda i: grown[i])
+    assert [i for i in order if i < 6] == sorted(range(6), key=lambda i: rank[i])
+    assert order[-2:] == [6, 7]
+    assert learned_rank(SimpleNamespace(info={"label_rank": grown[:6]}, vocab=vocab,
+                                        config=config)) == grown[:6]
