@@ -964,9 +964,6 @@ def _make_rest_handler(core: PredictionCore, limits: ServerLimits):
                                     "(cnnrnn serve --max-body-bytes)")
             chunks, left = [], length
             while left:
-                if time.monotonic() > deadline:
-                    raise _Refusal(408, f"request body not received within the request "
-                                        f"timeout of {limits.request_timeout:g} s")
                 try:
                     chunk = self.rfile.read(min(left, 1 << 20))
                 except (socket.timeout, OSError):
@@ -977,6 +974,9 @@ def _make_rest_handler(core: PredictionCore, limits: ServerLimits):
                                         f"{length} bytes")
                 chunks.append(chunk)
                 left -= len(chunk)
+                if left and time.monotonic() > deadline:  # a slow sender
+                    raise _Refusal(408, f"request body not received within the request "
+                                        f"timeout of {limits.request_timeout:g} s")
             return b"".join(chunks)
 
         def _dispatch(self) -> None:
