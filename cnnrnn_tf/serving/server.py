@@ -990,7 +990,7 @@ def _make_rest_handler(core: PredictionCore, limits: ServerLimits):
                     raw = self._read_body(deadline)
                 except _Refusal as exc:
                     self.close_connection = True  # the body was not read
-                    self._fail(exc.status, "", exc.message)
+                    self._fail(exc.status, "refused", exc.message)
                     return
                 try:
                     if not _REST_PREFIX.fullmatch(path):
