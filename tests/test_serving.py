@@ -861,3 +861,29 @@ def test_deployment_files_parse():
     assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{MODEL}"
     assert {p["containerPort"] for p in container["ports"]} == {8500, 8501}
     assert {p["port"] for p in docs["Service"]["spec"]["ports"]} == {8500, 8501}
+
+
+@pytest.mark.parametrize("flags", [["--max-queued", "-1"], ["--max-body-bytes", "0"],
+                                   ["--socket-timeout", "0"], ["--request-timeout", "nan"],
+                                   ["--max-concurrent-rpcs", "0"], ["--workers", "x"]])
+def test_serve_limit_flags_refuse_bad_values(flags, tmp_path, capsys):
+    from cnnrnn_tf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--model-base-path", str(tmp_path), "--model-name", MODEL] + flags)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flags[0] in err[0], err
+
+
+def test_server_limits_defaults_and_checks():
+    from cnnrnn_tf.serving.server import ServerLimits
+
+    limits = ServerLimits()
+    assert (limits.workers, limits.max_queued, limits.grpc_concurrency) == (8, 32, 40)
+    assert limits.max_body_bytes == 64 * 1024 * 1024 and limits.request_timeout == 30.0
+    assert ServerLimits(max_concurrent_rpcs=3).grpc_concurrency == 3
+    for bad in (dict(workers=0), dict(max_queued=-1), dict(socket_timeout=0),
+                dict(max_concurrent_rpcs=0), dict(max_body_bytes=0)):
+        with pytest.raises(InputError):
+            ServerLimits(**bad)
