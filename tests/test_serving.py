@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -296,26 +297,31 @@ def test_concurrent_valid_and_invalid_requests(stubs, reference, images):
     assert sorted(r.name for r in results) == ["INVALID_ARGUMENT"] * 9 + ["OK"] * 9
 
 
-def test_no_version_loaded_is_unavailable(tmp_path):
+def test_no_version_loaded_is_not_found(tmp_path):
+    """TF Serving's manager answers NOT_FOUND (404) while no version is loaded; the client
+    does not retry it and counts it as a request error (exit 2)."""
     from cnnrnn_tf.serving.client import ServingClient, ServingError
     from cnnrnn_tf.serving.server import ModelServer
 
     (tmp_path / "empty").mkdir()
-    with ModelServer(str(tmp_path / "empty"), MODEL, port=0, rest_port=None,
+    with ModelServer(str(tmp_path / "empty"), MODEL, port=0, rest_port=0,
                      poll_seconds=0.2) as srv:
         channel = grpc.insecure_channel(srv.grpc_address)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(predict_request("predict_images", [b"x"]), timeout=10)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "Servable not found for request: Latest(cnnrnn)" in info.value.details()
         channel.close()
-        delays = []
-        client = ServingClient(srv.grpc_address, MODEL, retries=2, backoff_seconds=0.01,
-                               sleep=delays.append)
+        status, body = _http("POST", f"{srv.rest_url}/v1/models/{MODEL}:predict",
+                             {"instances": [{"b64": "eA=="}]})
+        assert status == 404 and list(body) == ["error"]
+        assert _http("GET", f"{srv.rest_url}/v1/models/{MODEL}")[0] == 404
+        client = ServingClient(srv.grpc_address, MODEL, retries=2, backoff_seconds=0.01)
         with pytest.raises(ServingError) as err:
             client.predict_bytes([b"\x89PNG\r\n\x1a\nxx"], ["x.png"])
-        assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.attempts == 3
-        assert len(delays) == 2 and not err.value.is_request_error
+        assert err.value.code == grpc.StatusCode.NOT_FOUND and err.value.attempts == 1
+        assert err.value.is_request_error
         client.close()
     for bad in (str(tmp_path / "missing"), str(base_path_of_savedmodel(tmp_path))):
         with pytest.raises(InputError):
@@ -341,7 +347,7 @@ def test_new_version_waits_for_its_files_to_settle_and_broken_ones_are_skipped(t
     assert manager.status(spec)[0].state == get_model_status_pb2.ModelVersionStatus.END
     with pytest.raises(RequestError) as info:
         manager.resolve(spec)
-    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
 
 
 def base_path_of_savedmodel(tmp_path):
@@ -352,8 +358,8 @@ def base_path_of_savedmodel(tmp_path):
 
 
 # --------------------------------------------------------------------------- REST
-def _http(method, url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
+def _http(method, url, body=None, raw=None):
+    data = json.dumps(body).encode() if body is not None else raw
     request = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
     try:
@@ -404,6 +410,281 @@ def test_rest_predict_and_status(server, reference, images):
     assert status == 200  # still serving
 
 
+# --------------------------------------------------------------------------- TF Serving fidelity
+def _b64(data):
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def _status_rows(raw):
+    """One row per error path: (what, gRPC request or None, gRPC code, REST method, REST
+    path under /v1/models/cnnrnn or absolute, REST body (dict, bytes or None), HTTP status,
+    a part of the message, or (gRPC part, REST part)). Codes and messages from TF Serving's source: predict_util.cc,
+    basic_manager.cc, get_model_status_impl.cc, util/json_tensor.cc, http_rest_api_handler.cc,
+    http_rest_api_util.cc, http_server.cc (ToHTTPStatusCode)."""
+    code = grpc.StatusCode
+    img = [_b64(r) for r in raw[:2]]
+    label = predict_request("predict_images", raw[:1])
+    label.model_spec.version_label = "stable"
+    return [
+        ("unknown model", predict_request("predict_images", raw[:1], name="nope"),
+         code.NOT_FOUND, "POST", "/v1/models/nope:predict",
+         {"signature_name": "predict_images", "instances": img}, 404,
+         "Servable not found for request: Latest(nope)"),
+        ("unknown version", predict_request("predict_images", raw[:1], version=7),
+         code.NOT_FOUND, "POST", "/versions/7:predict",
+         {"signature_name": "predict_images", "instances": img}, 404,
+         "Servable not found for request: Specific(cnnrnn, 7)"),
+        ("version label", label, code.INVALID_ARGUMENT, "POST", "/labels/stable:predict",
+         {"signature_name": "predict_images", "instances": img}, 400,
+         "Unrecognized servable version label"),
+        ("unknown signature (gRPC FAILED_PRECONDITION, REST INVALID_ARGUMENT)",
+         predict_request("nope", raw[:1], alias="images"), code.FAILED_PRECONDITION, "POST",
+         ":predict", {"signature_name": "nope", "instances": img}, 400, '"nope" not found'),
+        ("wrong input name", predict_request("serving_default", raw[:1], alias="images"),
+         code.INVALID_ARGUMENT, "POST", ":predict", {"instances": [{"images": img[0]}]}, 400,
+         "images"),
+        ("wrong dtype", predict_request("predict_images", [1.5], dtype=tf.float32),
+         code.INVALID_ARGUMENT, "POST", ":predict",
+         {"signature_name": "predict_images", "instances": [1.5]}, 400,
+         ("Expects arg[0] (images) to be string but float32 is provided",
+          "JSON Value: 1.5 Type: Number is not of expected type: string")),
+        ("wrong shape (rank 2)", predict_request("predict_images", [raw[:2]]),
+         code.INVALID_ARGUMENT, "POST", ":predict",
+         {"signature_name": "predict_images", "instances": [img]}, 400, "rank 1"),
+        ("ragged instances", None, None, "POST", ":predict",
+         {"signature_name": "predict_images", "instances": [img, img[:1]]}, 400,
+         "Expecting shape [2] but got: [1]"),
+        ("bad image", predict_request("predict_images", [raw[0], b"not an image"]),
+         code.INVALID_ARGUMENT, "POST", ":predict",
+         {"signature_name": "predict_images", "instances": [img[0], _b64(b"not an image")]},
+         400, "image"),
+        ("too large a batch", predict_request("predict_images", [raw[0]] * (MAX_BATCH + 1)),
+         code.INVALID_ARGUMENT, "POST", ":predict",
+         {"signature_name": "predict_images", "instances": [img[0]] * (MAX_BATCH + 1)}, 400,
+         "larger than maximum input batch size"),
+        ("malformed JSON", None, None, "POST", ":predict", b"instances = [1, 2]", 400,
+         "JSON Parse error"),
+        ("empty body", None, None, "POST", ":predict", b"", 400,
+         "JSON Parse error: The document is empty"),
+        ("JSON not an object", None, None, "POST", ":predict", b"[1]", 400, "Is not object"),
+        ("both instances and inputs", None, None, "POST", ":predict",
+         {"instances": img, "inputs": img}, 400,
+         "expecting only one of 'inputs' or 'instances' keys"),
+        ("neither instances nor inputs", None, None, "POST", ":predict", {"x": 1}, 400,
+         "Missing 'inputs' or 'instances' key"),
+        ("empty instances", None, None, "POST", ":predict", {"instances": []}, 400,
+         "No values in 'instances' array"),
+        ("b64 not base64", None, None, "POST", ":predict",
+         {"signature_name": "predict_images", "instances": [{"b64": "!!"}]}, 400,
+         "Unable to base64 decode"),
+        ("b64 object with another key", None, None, "POST", ":predict",
+         {"signature_name": "predict_images", "inputs": [{"b64": "eA==", "x": 1}]}, 400,
+         "not formatted correctly for base64 data"),
+        ("b64 value not a string", None, None, "POST", ":predict",
+         {"signature_name": "predict_images", "inputs": [{"b64": 3}]}, 400,
+         "not formatted correctly for base64 data"),
+        ("signature_name not a string", None, None, "POST", ":predict",
+         {"signature_name": 3, "instances": img}, 400,
+         "'signature_name' key must be a string value."),
+        ("instances keys differ from the inputs", None, None, "POST", ":predict",
+         {"instances": [{"examples": img[0], "x": img[0]}]}, 400, "does not have named input: x"),
+        ("status of an unknown model", None, None, "GET", "/v1/models/nope", None, 404,
+         "Could not find any versions of model nope"),
+        ("status of an unknown version", None, None, "GET", "/versions/9", None, 404,
+         "Could not find version 9 of model cnnrnn"),
+        ("metadata of an unknown version", None, None, "GET", "/versions/9/metadata", None,
+         404, "Servable not found"),
+        ("no model name", None, None, "GET", "/v1/models", None, 400, "Missing model name"),
+        ("malformed path", None, None, "GET", "/v1/foo", None, 400, "Malformed request"),
+        ("GET on :predict", None, None, "GET", ":predict", None, 400, "Malformed request"),
+        ("POST on /metadata", None, None, "POST", "/metadata", {}, 400, "Malformed request"),
+        ("a path outside /v1/", None, None, "GET", "/healthz", None, 404, ""),
+        ("version over int64", None, None, "POST", "/versions/99999999999999999999:predict",
+         {"instances": img}, 400, "Failed to convert version"),
+    ]
+
+
+def test_status_table_as_tf_serving(server, stubs, images):
+    """Every error path answers TF Serving's gRPC code and HTTP status, with its REST body
+    {"error": "<one line>"}, and the server answers the next valid request."""
+    predict, _ = stubs
+    raw, _ = images
+    url = f"{server.rest_url}/v1/models/{MODEL}"
+    ok_body = {"signature_name": "predict_images", "instances": [_b64(raw[0])]}
+    for what, request, code, method, path, body, http_status, part in _status_rows(raw):
+        grpc_part, part = part if isinstance(part, tuple) else (part, part)
+        if request is not None:
+            with pytest.raises(grpc.RpcError) as info:
+                predict.Predict(request, timeout=30)
+            assert info.value.code() == code, (what, info.value.details())
+            assert "\n" not in info.value.details(), what
+            if code != grpc.StatusCode.FAILED_PRECONDITION:
+                assert grpc_part in info.value.details(), (what, info.value.details())
+            else:
+                assert info.value.details() == 'Serving signature key "nope" not found.'
+        full = path if path.startswith("/v1/") or path.startswith("/healthz") else url + path
+        full = server.rest_url + full if full.startswith("/") else full
+        kwargs = {"raw": body} if isinstance(body, bytes) else {"body": body}
+        status, answer = _http(method, full, **kwargs)
+        assert status == http_status, (what, status, answer)
+        assert list(answer) == ["error"] and isinstance(answer["error"], str), (what, answer)
+        assert part in answer["error"] and "\n" not in answer["error"], (what, answer)
+        assert _http("POST", f"{url}:predict", ok_body)[0] == 200, what
+
+
+def test_rest_formats_status_and_metadata_as_tf_serving(server, reference, images):
+    """json_tensor.cc: row form with one output -> a list of its values, with several -> a
+    list of objects; columnar with one output -> its value, with several -> an object."""
+    raw, _ = images
+    url = f"{server.rest_url}/v1/models/{MODEL}"
+    examples = examples_of(raw[:3])
+    probs = reference.signatures["label_scores"](examples=tf.constant(examples))["probabilities"]
+    one = {"signature_name": "label_scores", "instances": [_b64(e) for e in examples]}
+    status, body = _http("POST", f"{url}:predict", one)
+    assert status == 200 and list(body) == ["predictions"]
+    np.testing.assert_allclose(body["predictions"], probs.numpy(), atol=1e-5)
+    status, body = _http("POST", f"{url}:predict",
+                         {"signature_name": "label_scores", "inputs": [_b64(e) for e in examples]})
+    assert status == 200 and list(body) == ["outputs"]
+    np.testing.assert_allclose(body["outputs"], probs.numpy(), atol=1e-5)  # a bare value
+    want = reference.signatures["serving_default"](examples=tf.constant(examples))
+    status, body = _http("POST", f"{url}:predict",
+                         {"inputs": {"examples": [_b64(e) for e in examples]}})
+    assert status == 200 and set(body["outputs"]) == {"labels", "scores", "label_count"}
+    assert body["outputs"]["label_count"] == want["label_count"].numpy().tolist()
+    status, body = _http("POST", f"{url}:predict", {"instances": [_b64(e) for e in examples]})
+    assert status == 200 and len(body["predictions"]) == 3
+    assert all(set(p) == {"labels", "scores", "label_count"} for p in body["predictions"])
+    assert [p["label_count"] for p in body["predictions"]] == want["label_count"].numpy().tolist()
+
+    expected_status = {"model_version_status": [{
+        "version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert _http("GET", url) == (200, expected_status)
+    assert _http("GET", f"{url}/versions/1") == (200, expected_status)
+    for path in ("/metadata", "/versions/1/metadata"):
+        status, body = _http("GET", url + path)
+        assert status == 200 and set(body) == {"model_spec", "metadata"}
+        assert body["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
+        sigs = body["metadata"]["signature_def"]["signature_def"]
+        assert {"serving_default", "predict_images", "label_scores"} <= set(sigs)
+        examples_info = sigs["serving_default"]["inputs"]["examples"]
+        assert examples_info["dtype"] == "DT_STRING"
+        assert examples_info["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
+        assert sigs["serving_default"]["method_name"] == "tensorflow/serving/predict"
+
+
+def _fake_prediction_server(script):
+    """A gRPC server with TF Serving's Predict method that answers the codes in ``script``
+    in turn (None: a valid empty response) and counts the calls."""
+    calls = []
+
+    def handle(request, context):
+        calls.append(dict(context.invocation_metadata()).get("grpc-previous-rpc-attempts"))
+        code = script[min(len(calls), len(script)) - 1]
+        if code is not None:
+            context.abort(code, f"scripted {code.name}")
+        return predict_pb2.PredictResponse()
+
+    handler = grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+        "Predict": grpc.unary_unary_rpc_method_handler(
+            handle, request_deserializer=predict_pb2.PredictRequest.FromString,
+            response_serializer=predict_pb2.PredictResponse.SerializeToString)})
+    from concurrent import futures
+
+    srv = grpc.server(futures.ThreadPoolExecutor(2))
+    srv.add_generic_rpc_handlers((handler,))
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    return srv, f"127.0.0.1:{port}", calls
+
+
+@pytest.mark.parametrize("script, retried", [
+    ([grpc.StatusCode.UNAVAILABLE] * 2 + [None], True),
+    ([grpc.StatusCode.RESOURCE_EXHAUSTED, None], True),
+    ([grpc.StatusCode.NOT_FOUND], False),
+    ([grpc.StatusCode.INVALID_ARGUMENT], False),
+    ([grpc.StatusCode.FAILED_PRECONDITION], False),
+    ([grpc.StatusCode.INTERNAL], False),
+])
+def test_client_retries_only_what_tf_serving_says_to_retry(script, retried):
+    """gRPC's own retry policy (service config) retries UNAVAILABLE / RESOURCE_EXHAUSTED,
+    never a request error; the server sees each attempt (grpc-previous-rpc-attempts)."""
+    from cnnrnn_tf.serving.client import ServingClient, ServingError
+
+    srv, address, calls = _fake_prediction_server(script)
+    try:
+        client = ServingClient(address, MODEL, retries=3, backoff_seconds=0.01, timeout=20)
+        request = predict_request("serving_default", [b"x"])
+        if retried:
+            client.predict_raw(request)
+            assert len(calls) == len(script)
+            assert calls[1:] == [str(i) for i in range(1, len(script))]
+        else:
+            with pytest.raises(ServingError) as err:
+                client.predict_raw(request)
+            assert err.value.code == script[0] and len(calls) == 1
+            assert err.value.is_request_error == (script[0] != grpc.StatusCode.INTERNAL)
+        calls.clear()
+        no_retry = ServingClient(address, MODEL, retries=0, timeout=20)
+        with pytest.raises(ServingError) if script[0] else nullcontext():
+            no_retry.predict_raw(request)
+        assert len(calls) == 1
+        client.close()
+        no_retry.close()
+    finally:
+        srv.stop(0)
+
+
+def test_service_config_is_grpcs_retry_policy():
+    from cnnrnn_tf.serving.client import service_config
+
+    config = json.loads(service_config(9, 0.5, 4.0))
+    (method,) = config["methodConfig"]
+    assert {n["service"] for n in method["name"]} == {
+        "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"}
+    assert method["retryPolicy"] == {
+        "maxAttempts": 5, "initialBackoff": "0.500s", "maxBackoff": "4.000s",
+        "backoffMultiplier": 2, "retryableStatusCodes": ["RESOURCE_EXHAUSTED", "UNAVAILABLE"]}
+    assert "retryPolicy" not in json.loads(service_config(0))["methodConfig"][0]
+
+
+def _copy_tree(src, dst):
+    for root, _, files in tf.io.gfile.walk(src):
+        rel = os.path.relpath(root, src)
+        target = dst if rel == "." else f"{dst}/{rel}"
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(root, name), f"{target}/{name}", overwrite=True)
+
+
+def test_model_base_path_on_a_uri_filesystem(trained, images):
+    """Discovery, polling and loading through tf.io.gfile, on TF's ram:// file system (the
+    same code path serves s3:// and gs://)."""
+    from cnnrnn_tf.serving.server import ModelServer
+
+    _, out = trained
+    raw, _ = images
+    base = f"ram://serving-{os.getpid()}/models/{MODEL}"
+    _copy_tree(os.path.join(out, "saved_model"), f"{base}/1")
+    with ModelServer(base, MODEL, port=0, rest_port=None, poll_seconds=0.2,
+                     warmup=False) as srv:
+        assert sorted(srv.manager.versions) == [1] and srv.manager.base_path == base
+        channel = grpc.insecure_channel(srv.grpc_address)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_request("predict_images", raw[:2])
+        assert stub.Predict(request, timeout=60).model_spec.version.value == 1
+        _copy_tree(os.path.join(out, "saved_model"), f"{base}/2")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and 2 not in srv.manager.versions:
+            time.sleep(0.2)
+        assert stub.Predict(request, timeout=60).model_spec.version.value == 2
+        channel.close()
+    with pytest.raises(InputError, match="does not exist"):
+        ModelServer(f"ram://serving-{os.getpid()}/missing", MODEL, port=0, rest_port=None)
+    with pytest.raises(InputError, match="unknown URI scheme"):
+        ModelServer("ftp://host/models", MODEL, port=0, rest_port=None)
+
+
 # --------------------------------------------------------------------------- client + CLI
 def test_client_library(server, reference, images):
     from cnnrnn_tf.serving.client import ServingClient, ServingError
@@ -420,11 +701,11 @@ def test_client_library(server, reference, images):
         assert client.status()[0]["state"] == "AVAILABLE"
         with pytest.raises(InputError, match="missing.png"):
             list(client.predict_files([paths[0], paths[0] + ".missing.png"]))
-        delays = []
-        fast = ServingClient(server.grpc_address, MODEL, timeout=1e-4, sleep=delays.append)
+        fast = ServingClient(server.grpc_address, MODEL, timeout=1e-4)
         with pytest.raises(ServingError) as err:
             fast.predict_bytes(raw[:1])
-        assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and not delays  # no retry
+        assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED  # never retried
+        assert err.value.attempts == 1 and not err.value.is_request_error
         fast.close()
     with ServingClient(server.grpc_address, "nope") as client:
         with pytest.raises(ServingError) as err:
@@ -580,3 +861,29 @@ def test_deployment_files_parse():
     assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{MODEL}"
     assert {p["containerPort"] for p in container["ports"]} == {8500, 8501}
     assert {p["port"] for p in docs["Service"]["spec"]["ports"]} == {8500, 8501}
+
+
+@pytest.mark.parametrize("flags", [["--max-queued", "-1"], ["--max-body-bytes", "0"],
+                                   ["--socket-timeout", "0"], ["--request-timeout", "nan"],
+                                   ["--max-concurrent-rpcs", "0"], ["--workers", "x"]])
+def test_serve_limit_flags_refuse_bad_values(flags, tmp_path, capsys):
+    from cnnrnn_tf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--model-base-path", str(tmp_path), "--model-name", MODEL] + flags)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flags[0] in err[0], err
+
+
+def test_server_limits_defaults_and_checks():
+    from cnnrnn_tf.serving.server import ServerLimits
+
+    limits = ServerLimits()
+    assert (limits.workers, limits.max_queued, limits.grpc_concurrency) == (8, 32, 40)
+    assert limits.max_body_bytes == 64 * 1024 * 1024 and limits.request_timeout == 30.0
+    assert ServerLimits(max_concurrent_rpcs=3).grpc_concurrency == 3
+    for bad in (dict(workers=0), dict(max_queued=-1), dict(socket_timeout=0),
+                dict(max_concurrent_rpcs=0), dict(max_body_bytes=0)):
+        with pytest.raises(InputError):
+            ServerLimits(**bad)

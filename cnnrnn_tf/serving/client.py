@@ -13,14 +13,20 @@ The results are the JSON lines of ``cnnrnn predict --json``.
   under ``images``. Both answer ``labels`` / ``scores`` / ``label_count``.
 * Batching: ``predict`` / ``predict_files`` send ``batch_size`` images per call.
 * Deadline: every call gets ``timeout`` seconds (a gRPC deadline).
-* Retries: UNAVAILABLE (server not up yet, restarting, no version loaded yet,
-  connection refused or dropped) is retried ``retries`` times with exponential
-  backoff and jitter (``backoff_seconds * 2**attempt``, capped at
-  ``max_backoff_seconds``). DEADLINE_EXCEEDED is NOT retried by default: the
-  deadline is the caller's time budget for the call, the server may still be
-  computing the timed-out request, and retrying a slow server adds load exactly
-  when it is overloaded; pass ``retry_codes`` to change this (Predict is
-  idempotent, so retrying is safe, only not free).
+* Retries are gRPC's own (a ``retryPolicy`` in the channel's service config,
+  ``grpc.service_config`` with ``grpc.enable_retries``), on the codes with which TF
+  Serving says "try again later": UNAVAILABLE (server not up yet, restarting,
+  connection refused or dropped, TF Serving's batch queue full) and
+  RESOURCE_EXHAUSTED (the server's concurrent-RPC limit). ``retries`` extra
+  attempts (gRPC caps attempts at 5, so at most 4 retries), exponential backoff
+  with gRPC's jitter from ``backoff_seconds`` up to ``max_backoff_seconds``, all
+  within the one ``timeout`` deadline. Never retried: INVALID_ARGUMENT,
+  NOT_FOUND (unknown model or version, or no version loaded: TF Serving's answer),
+  FAILED_PRECONDITION, ... (the same request would fail again) and
+  DEADLINE_EXCEEDED (the deadline is the caller's budget; the server may still be
+  computing, and retrying a slow server adds load exactly when it is overloaded).
+  Pass ``retry_codes`` to change the set. A request larger than gRPC's message
+  limit is refused locally (InputError) before it is sent.
 * Errors: bad local input (a missing file, bytes that are not an image) raises
   :class:`~cnnrnn_tf.errors.InputError` naming the input before anything is
   sent; every other failed call raises :class:`ServingError` with the gRPC code
@@ -28,9 +34,9 @@ The results are the JSON lines of ``cnnrnn predict --json``.
 """
 from __future__ import annotations
 
-import random
+import json
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import grpc
 
@@ -38,7 +44,9 @@ from cnnrnn_tf.errors import CnnRnnError, InputError
 
 SIGNATURES = ("serving_default", "predict_images")
 INPUT_NAMES = {"serving_default": "examples", "predict_images": "images"}
-RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+MAX_ATTEMPTS = 5  # gRPC's cap on retryPolicy.maxAttempts
+SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 # Codes that mean "the request was wrong", as opposed to "the server or network failed".
 REQUEST_ERROR_CODES = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
@@ -58,13 +66,31 @@ class ServingError(CnnRnnError):
         self.target = target
         self.method = method
         self.attempts = attempts
-        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        tries = f" (up to {attempts} attempts)" if attempts > 1 else ""
         super().__init__(f"{target} {method}{tries}: {code.name}: {self.details}".strip())
 
     @property
     def is_request_error(self) -> bool:
         """True when the server refused the request itself (fix the request, not the server)."""
         return self.code in REQUEST_ERROR_CODES
+
+
+def service_config(retries: int, backoff_seconds: float = 0.2, max_backoff_seconds: float = 5.0,
+                   retry_codes: Iterable[grpc.StatusCode] = RETRY_CODES) -> str:
+    """The gRPC service config (JSON) with the retry policy for TF Serving's two services."""
+    codes = sorted(code.name for code in retry_codes)
+    method: Dict = {"name": [{"service": name} for name in SERVICES]}
+    if retries > 0 and codes:
+        if not backoff_seconds > 0 or not max_backoff_seconds > 0:
+            raise InputError("retry backoff: must be > 0 seconds")
+        method["retryPolicy"] = {
+            "maxAttempts": min(MAX_ATTEMPTS, int(retries) + 1),
+            "initialBackoff": f"{backoff_seconds:.3f}s",
+            "maxBackoff": f"{max(max_backoff_seconds, backoff_seconds):.3f}s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": codes,
+        }
+    return json.dumps({"methodConfig": [method]})
 
 
 def parse_server(text: str) -> str:
@@ -89,15 +115,16 @@ class ServingClient:
 
     ``server``: "host:port" of TF Serving's gRPC port (8500) or of ``cnnrnn serve``.
     ``version``: a specific model version, or None for the newest the server has.
-    ``channel``: an existing grpc.Channel to use instead of opening one.
+    ``channel``: an existing grpc.Channel to use instead of opening one (it keeps its own
+    retry configuration; ``retries`` and the backoff arguments apply to channels this
+    client opens).
     """
 
     def __init__(self, server: str, model_name: str, signature: str = "serving_default",
                  version: Optional[int] = None, timeout: float = 10.0, retries: int = 3,
                  backoff_seconds: float = 0.2, max_backoff_seconds: float = 5.0,
                  retry_codes: Iterable[grpc.StatusCode] = RETRY_CODES,
-                 channel: Optional[grpc.Channel] = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 channel: Optional[grpc.Channel] = None):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         if signature not in SIGNATURES:
@@ -115,11 +142,16 @@ class ServingClient:
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.retry_codes = frozenset(retry_codes)
-        self._sleep = sleep
+        self.service_config = service_config(self.retries, backoff_seconds, max_backoff_seconds,
+                                             self.retry_codes)
         self._own_channel = channel is None
         self._channel = channel or grpc.insecure_channel(
             self.server, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                  ("grpc.enable_retries", 1),
+                                  ("grpc.service_config", self.service_config),
+                                  # ours, not one a DNS TXT record might carry
+                                  ("grpc.service_config_disable_resolution", 1)])
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -142,21 +174,17 @@ class ServingClient:
             spec.signature_name = signature
 
     def _call(self, method: str, stub_method, request):
-        """One RPC with a deadline; retries ``retry_codes`` with exponential backoff."""
-        attempt = 0
-        while True:
-            try:
-                return stub_method(request, timeout=self.timeout)
-            except grpc.RpcError as exc:
-                code, details = grpc.StatusCode.UNKNOWN, str(exc)
-                if callable(getattr(exc, "code", None)):  # a call error (not a bare RpcError)
-                    code, details = exc.code(), exc.details()
-                if code in self.retry_codes and attempt < self.retries:
-                    delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** attempt)
-                    self._sleep(delay * random.uniform(0.5, 1.0))
-                    attempt += 1
-                    continue
-                raise ServingError(code, details, self.server, method, attempt + 1) from None
+        """One RPC with a deadline (gRPC retries ``retry_codes`` inside it, per the channel's
+        service config); a failure -> ServingError."""
+        try:
+            return stub_method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            code, details = grpc.StatusCode.UNKNOWN, str(exc)
+            if callable(getattr(exc, "code", None)):  # a call error (not a bare RpcError)
+                code, details = exc.code(), exc.details()
+            retried = self._own_channel and code in self.retry_codes and self.retries > 0
+            attempts = min(MAX_ATTEMPTS, self.retries + 1) if retried else 1
+            raise ServingError(code, details, self.server, method, attempts) from None
 
     # ---- requests
     def build_request(self, images: Sequence[bytes], names: Optional[Sequence[str]] = None):
@@ -177,6 +205,11 @@ class ServingClient:
         self._model_spec(request.model_spec, self.signature)
         request.inputs[INPUT_NAMES[self.signature]].CopyFrom(
             tf.make_tensor_proto(values, dtype=tf.string, shape=[len(values)]))
+        size = request.ByteSize()
+        if size > MAX_MESSAGE_BYTES:
+            raise InputError(f"a batch of {len(values)} images is {size} bytes, over gRPC's "
+                             f"message limit of {MAX_MESSAGE_BYTES} bytes; send fewer images "
+                             "per call (--batch-size)")
         return request
 
     def predict_raw(self, request):

@@ -1,13 +1,18 @@
 """The ``cnnrnn serve`` and ``cnnrnn client`` commands (argument parsing only; imports are lazy).
 
-    cnnrnn serve --model-base-path DIR --model-name NAME [--port 8500] [--rest-port 8501]
-                 [--max-batch-size N] [--poll-seconds S] [--host 127.0.0.1] [--num-versions 2]
+    cnnrnn serve --model-base-path DIR|s3://...|gs://... --model-name NAME [--port 8500]
+                 [--rest-port 8501] [--max-batch-size N] [--poll-seconds S] [--host 127.0.0.1]
+                 [--num-versions 2] [--workers 8] [--max-queued 32] [--max-concurrent-rpcs N]
+                 [--max-body-bytes 64MiB] [--max-message-bytes 256MiB] [--socket-timeout 30]
+                 [--request-timeout 30]
     cnnrnn client --server HOST:PORT --model NAME [--signature serving_default|predict_images]
                   [--version V] [--json] [--timeout S] [--batch-size N] [--retries N] IMAGE...
 
 Exit status of ``client``: 0 ok; 2 bad input (a file, a flag, or a request the
-server refused: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION); 1 the server
-or the network failed (UNAVAILABLE after the retries, DEADLINE_EXCEEDED, ...).
+server refused: INVALID_ARGUMENT, NOT_FOUND (also: no version loaded, as TF
+Serving answers it), FAILED_PRECONDITION, OUT_OF_RANGE); 1 the server or the
+network failed (UNAVAILABLE or RESOURCE_EXHAUSTED after gRPC's retries,
+DEADLINE_EXCEEDED, INTERNAL, ...).
 """
 from __future__ import annotations
 
@@ -45,14 +50,20 @@ def cmd_serve(args) -> int:
     import signal
     import threading
 
-    from cnnrnn_tf.serving.server import ModelServer
+    from cnnrnn_tf.serving.server import ModelServer, ServerLimits
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    limits = ServerLimits(workers=args.workers, max_queued=args.max_queued,
+                          max_concurrent_rpcs=args.max_concurrent_rpcs,
+                          max_body_bytes=args.max_body_bytes,
+                          max_message_bytes=args.max_message_bytes,
+                          socket_timeout=args.socket_timeout,
+                          request_timeout=args.request_timeout)
     server = ModelServer(args.model_base_path, args.model_name, port=args.port,
                          rest_port=args.rest_port or None, host=args.host,
                          max_batch_size=args.max_batch_size, poll_seconds=args.poll_seconds,
-                         num_versions=args.num_versions, max_workers=args.workers)
+                         num_versions=args.num_versions, limits=limits)
     stop = threading.Event()
     previous = {}
     try:
@@ -104,7 +115,8 @@ def add_serving_commands(sub, parser_class) -> None:
                     "as TF Serving's --model_base_path) and loads new versions as they appear. "
                     "For development; TF Serving is the production server (serving/README.md).")
     p.add_argument("--model-base-path", required=True,
-                   help="the folder holding version folders 1/, 2/, ... (not a SavedModel itself)")
+                   help="the folder holding version folders 1/, 2/, ... (not a SavedModel "
+                        "itself); a local path, s3://BUCKET/... or gs://BUCKET/...")
     p.add_argument("--model-name", required=True, help="the name clients put in model_spec.name")
     p.add_argument("--port", type=_port, default=8500, help="gRPC port (0: any free port)")
     p.add_argument("--rest-port", type=_port, default=8501, help="REST port (0: no REST)")
@@ -116,7 +128,25 @@ def add_serving_commands(sub, parser_class) -> None:
                    help="how often to look for new versions")
     p.add_argument("--num-versions", type=positive_int, default=2,
                    help="how many of the newest versions stay loaded")
-    p.add_argument("--workers", type=positive_int, default=8, help="gRPC worker threads")
+    p.add_argument("--workers", type=positive_int, default=8,
+                   help="worker threads, for gRPC and for REST each")
+    p.add_argument("--max-queued", type=non_negative_int, default=32,
+                   help="requests (REST: connections) waiting for a worker; more are refused "
+                        "at once: gRPC RESOURCE_EXHAUSTED, REST 503")
+    p.add_argument("--max-concurrent-rpcs", type=positive_int, default=None,
+                   help="gRPC maximum_concurrent_rpcs (default: workers + max-queued)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=64 * 1024 * 1024,
+                   help="largest REST request body; larger is refused with 413 from the "
+                        "Content-Length header, before it is read (default 64 MiB)")
+    p.add_argument("--max-message-bytes", type=positive_int, default=256 * 1024 * 1024,
+                   help="largest gRPC message either way (RESOURCE_EXHAUSTED; default 256 MiB)")
+    p.add_argument("--socket-timeout", type=positive_float, default=30.0,
+                   help="REST: seconds a socket may stay silent (idle keep-alive connections "
+                        "are closed after it)")
+    p.add_argument("--request-timeout", type=positive_float, default=30.0,
+                   help="REST: seconds a request may take to arrive and wait for a worker "
+                        "before the model runs (504 after it), as TF Serving's "
+                        "--rest_api_timeout_in_ms")
     p.add_argument("--grace-seconds", type=positive_float, default=5.0,
                    help="on SIGINT/SIGTERM, time left to requests in flight")
     p.set_defaults(func=cmd_serve)
@@ -134,6 +164,7 @@ def add_serving_commands(sub, parser_class) -> None:
     p.add_argument("--timeout", type=positive_float, default=30.0, help="deadline per call (s)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per call")
     p.add_argument("--retries", type=non_negative_int, default=3,
-                   help="retries of a call that got UNAVAILABLE (exponential backoff)")
+                   help="retries (gRPC's retry policy, at most 4) of a call that got "
+                        "UNAVAILABLE or RESOURCE_EXHAUSTED, with exponential backoff")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=cmd_client)
