@@ -118,3 +118,45 @@ def test_evaluate_equals_the_saved_model_on_mixed_size_jpegs(tmp_path):
     direct = multilabel_metrics(y_true, y_pred.astype(np.int32), probs, label_names=names)
     assert direct["mAP"] == pytest.approx(result.metrics["mAP"], abs=5e-4)
     assert direct["OF1"] == pytest.approx(result.metrics["OF1"], abs=2e-3)
+
+
+MEMORY_SCRIPT = r"""
+import io, resource, sys
+import numpy as np, tensorflow as tf
+from PIL import Image
+from cnnrnn_tf.preprocessing import decode_images
+def png(side):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((side, side, 3), 90, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+side = int(sys.argv[1])
+batch = tf.constant([png(side)] * 4)
+fn = tf.function(lambda x: decode_images(x, 64))
+fn(tf.constant([png(64)]))  # trace and warm up first
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    out = fn(batch).numpy()
+    print("ok", out.shape)
+except tf.errors.InvalidArgumentError as exc:
+    print("refused", exc.message.splitlines()[0])
+print("growth_mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side,bound_mb", [(4096, 400), (8192, 64)])
+def test_batch_of_large_pngs_has_bounded_decode_memory(side, bound_mb):
+    """Four 4096 x 4096 PNGs (16 MP each, the cap) grow peak memory by well under 400 MB
+    (0.2.0: about 4 x 4 x 48 MB float copies); four 8192 x 8192 are refused from the header."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(side)], capture_output=True,
+                          text=True, timeout=300, env=dict(__import__("os").environ,
+                                                           TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
+    assert ("ok" in lines) == (side == 4096), proc.stdout
+    if side == 8192:
+        assert "image too large" in lines["refused"]
+    assert float(lines["growth_mb"]) < bound_mb, proc.stdout
