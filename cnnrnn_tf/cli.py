@@ -115,9 +115,16 @@ def _train_config(args):
                   threshold=args.threshold, steps_per_epoch=args.steps_per_epoch,
                   early_stopping_patience=args.patience,
                   early_stopping=not args.no_early_stopping)
-    for key in ("label_head", "aux_loss_weight"):  # None: TrainConfig's default
+    if args.paper:
+        from cnnrnn_tf.config import PAPER_SETTINGS
+
+        fields.update(PAPER_SETTINGS)
+    for key in ("label_head", "aux_loss_weight", "lstm_units", "embed_dim", "dropout",
+                "lr_schedule"):  # None: TrainConfig's default (or the paper's, with --paper)
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
+    if args.no_mask_seen:
+        fields["mask_seen"] = False
     if args.no_pretrained_weights:
         fields["weights"] = "none"
     return TrainConfig(**fields)
@@ -283,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "for the loss only; 'none' is the paper's model exactly")
     p.add_argument("--aux-loss-weight", type=non_negative_float, default=None,
                    help="cnn-rnn: weight of that auxiliary BCE (default 1)")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's CNN-RNN settings: no label head, no seen-label mask in "
+                        "training, no dropout, a 512-unit LSTM, constant-rate RMSprop, no early "
+                        "stopping (flags given explicitly still win)")
+    p.add_argument("--no-mask-seen", action="store_true",
+                   help="cnn-rnn: do not mask labels already on the path in training (paper)")
+    p.add_argument("--lstm-units", type=positive_int, default=None, help="default 256 (paper 512)")
+    p.add_argument("--embed-dim", type=positive_int, default=None, help="label embedding (64)")
+    p.add_argument("--dropout", type=_float_where(lambda v: 0 <= v < 1, "in [0, 1)"),
+                   default=None, help="default 0.1 (paper 0)")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
+                   help="default cosine decay over the planned steps (paper: constant)")
     p.add_argument("--steps-per-epoch", type=positive_int, default=None)
     p.add_argument("--patience", type=non_negative_int, default=None,
                    help="early stopping patience in epochs (default: max(4, epochs/3))")

@@ -12,6 +12,15 @@ MODELS = ("cnn-rnn", "bce", "asl")
 BACKBONES = ("small-cnn", "vgg16", "resnet50", "efficientnet-lite0")
 OPTIMIZERS = ("rmsprop", "adam")
 LABEL_HEADS = ("none", "aux", "evidence")
+LR_SCHEDULES = ("cosine", "constant")
+# The CNN-RNN of Wang et al. (CVPR 2016) as published: a 64-d label embedding, a 512-unit
+# LSTM, no per-label head, no masking of the labels already on the path in training, no
+# dropout, RMSprop at a constant learning rate, no early stopping (`cnnrnn train --paper`).
+# What stays ours: the small CNN trained from scratch by default (the paper froze an
+# ImageNet VGG16: --backbone vgg16), the label order frequent-first as the paper, and the
+# beam search, which masks labels already on the path at decoding time.
+PAPER_SETTINGS = dict(label_head="none", mask_seen=False, dropout=0.0, lr_schedule="constant",
+                      early_stopping=False, lstm_units=512, embed_dim=64, optimizer="rmsprop")
 CONFIG_FILE = "config.json"
 
 
@@ -35,6 +44,10 @@ class TrainConfig:
     # head trained with an auxiliary BCE (weight aux_loss_weight) whose logits join the
     # decoder's scores; "aux" uses the head for the loss only; "none" is the paper's model.
     label_head: str = "evidence"
+    # Mask the labels already on the path out of later softmaxes in training (as the beam
+    # search does when decoding). The paper does not: --paper / --no-mask-seen.
+    mask_seen: bool = True
+    lr_schedule: str = "cosine"
     aux_loss_weight: float = 1.0
     beam_size: int = 3
     max_labels: Optional[int] = None  # None: the most labels of any training image (capped at 16)
@@ -58,6 +71,7 @@ class TrainConfig:
         _choice("--label-order", self.label_order, LABEL_ORDERS)
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--label-head", self.label_head, LABEL_HEADS)
+        _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _positive("--image-size", self.image_size, minimum=16)
         if self.image_size > 1024:
             raise InputError(f"--image-size: {self.image_size} is larger than 1024")
@@ -91,6 +105,11 @@ class TrainConfig:
         if unknown:
             raise InputError(f"training config: unknown keys {', '.join(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def paper(cls, **overrides) -> "TrainConfig":
+        """The paper's settings (PAPER_SETTINGS), with ``overrides`` applied on top."""
+        return cls(**{**PAPER_SETTINGS, **overrides})
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -60,7 +60,7 @@ def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
     BatchNorm encoder jumping between epochs; the decay settles it.
     """
     lr = config.learning_rate
-    if total_steps:
+    if total_steps and config.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps, alpha=0.02)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(lr)

@@ -132,3 +132,25 @@ def test_train_flags_reach_the_config():
     config = _train_config(build_parser().parse_args(
         base + ["--label-head", "none", "--aux-loss-weight", "0.25"]))
     assert config.label_head == "none" and config.aux_loss_weight == 0.25
+
+
+def test_paper_preset_reaches_the_model():
+    from cnnrnn_tf.cli import _train_config, build_parser
+    from cnnrnn_tf.config import PAPER_SETTINGS, TrainConfig
+    from cnnrnn_tf.models import build_model
+
+    base = ["train", "--train", "a", "--eval", "b", "--out", "c"]
+    config = _train_config(build_parser().parse_args(base + ["--paper"]))
+    for key, value in PAPER_SETTINGS.items():
+        assert getattr(config, key) == value, key
+    assert config == TrainConfig.paper()
+    explicit = _train_config(build_parser().parse_args(base + ["--paper", "--lstm-units", "32"]))
+    assert explicit.lstm_units == 32 and explicit.label_head == "none"
+    assert _train_config(build_parser().parse_args(base + ["--no-mask-seen"])).mask_seen is False
+    model = build_model(TrainConfig.paper(image_size=32, lstm_units=8, embed_dim=4), 5, 3)
+    assert model.decoder.mask_seen is False and model.label_head is None
+    assert model.decoder.dropout_rate == 0.0
+    from cnnrnn_tf.training import make_optimizer
+
+    lr = make_optimizer(TrainConfig.paper(), total_steps=100).learning_rate
+    assert float(lr.numpy() if hasattr(lr, "numpy") else lr) == pytest.approx(1e-3)

@@ -25,7 +25,7 @@ def build_model(config, num_labels: int, max_labels: int):
                       beam_size=config.beam_size, dropout=config.dropout,
                       alignment=config.label_order if config.label_order in ("pla", "mla")
                       else "none", label_head=config.label_head,
-                      aux_loss_weight=config.aux_loss_weight)
+                      aux_loss_weight=config.aux_loss_weight, mask_seen=config.mask_seen)
     return MultiLabelClassifier(encoder, num_labels, max_labels=max_labels,
                                 threshold=config.threshold, dropout=config.dropout,
                                 name=f"{config.model}_classifier")
