@@ -37,10 +37,17 @@ class AsymmetricLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
-        p = ops.sigmoid(ops.cast(y_pred, "float32"))
-        p_neg = ops.clip(p - self.clip, 0.0, 1.0) if self.clip > 0 else p
-        loss_pos = y_true * ops.log(ops.clip(p, self.eps, 1.0))
-        loss_neg = (1.0 - y_true) * ops.log(ops.clip(1.0 - p_neg, self.eps, 1.0))
+        logits = ops.cast(y_pred, "float32")
+        p = ops.sigmoid(logits)
+        # log(p) = log_sigmoid(x) exactly (no clipping of p at eps); for the negatives,
+        # 1 - p_m >= clip, so its log is finite; without the margin it is log_sigmoid(-x).
+        loss_pos = y_true * ops.log_sigmoid(logits)
+        if self.clip > 0:
+            p_neg = ops.clip(p - self.clip, 0.0, 1.0)
+            loss_neg = (1.0 - y_true) * ops.log(ops.maximum(1.0 - p_neg, self.eps))
+        else:
+            p_neg = p
+            loss_neg = (1.0 - y_true) * ops.log_sigmoid(-logits)
         w_pos = ops.power(1.0 - p, self.gamma_pos)
         w_neg = ops.power(p_neg, self.gamma_neg)
         loss = -(loss_pos * w_pos + loss_neg * w_neg)

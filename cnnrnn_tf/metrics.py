@@ -94,19 +94,23 @@ def _ap(t: np.ndarray, s: np.ndarray) -> float:
     num_pos = int(hits.sum())
     if num_pos == 0:
         return float("nan")
-    ranks = np.arange(1, hits.size + 1, dtype=np.float64)
-    cum = np.cumsum(hits, dtype=np.float64)
-    pos = hits == 1
-    return float(np.mean(cum[pos] / ranks[pos]))
+    # One operating point per distinct score (tied images enter together), as
+    # scikit-learn's average_precision_score: AP = sum_n (R_n - R_{n-1}) P_n.
+    scores = s[order]
+    last = np.r_[np.flatnonzero(np.diff(scores) != 0), hits.size - 1]
+    cum = np.cumsum(hits, dtype=np.float64)[last]
+    precision = cum / (last + 1.0)
+    recall_gain = np.diff(np.r_[0.0, cum]) / num_pos
+    return float(np.sum(recall_gain * precision))
 
 
 def average_precision(y_true_col: Any, y_score_col: Any) -> float:
     """Non-interpolated average precision of one class.
 
     Mean over the positives of the precision at that positive's rank, the
-    images being sorted by score descending with a stable sort (tied scores
-    keep their index order). Equal to ``sklearn.metrics.
-    average_precision_score`` when the scores have no ties. Returns NaN when
+    images being sorted by score descending; images with tied scores count at one
+    operating point, so the result does not depend on their order. Equal to
+    ``sklearn.metrics.average_precision_score``, ties included. Returns NaN when
     ``y_true_col`` has no positive (AP is undefined).
     """
     t = _as_binary(y_true_col, "y_true_col")

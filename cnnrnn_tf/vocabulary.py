@@ -50,7 +50,10 @@ class LabelVocabulary:
             counter.update(set(labels))
         if not counter:
             raise InputError("label vocabulary: the training data has no labels")
-        ordered = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+        # Ties as tft.vocabulary breaks them (bytes descending), so the CLI and the TFX
+        # pipeline (Transform) train the same label order.
+        ordered = sorted(counter.items(), key=lambda kv: (kv[1], kv[0].encode("utf-8")),
+                         reverse=True)
         return cls(tuple(k for k, _ in ordered), tuple(int(v) for _, v in ordered))
 
     def extend(self, new_labels: Iterable[str]) -> "LabelVocabulary":

@@ -10,9 +10,9 @@ from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
 from tests.conftest import png_bytes, synthetic_image
 
 
-def test_vocabulary_is_frequency_ordered_ties_by_name(tmp_path):
+def test_vocabulary_is_frequency_ordered_ties_as_tft(tmp_path):
     vocab = LabelVocabulary.from_label_lists([["b", "a"], ["c", "a"], ["b", "a"], ["d"], ["c"]])
-    assert vocab.labels == ("a", "b", "c", "d") and vocab.counts == (3, 2, 2, 1)
+    assert vocab.labels == ("a", "c", "b", "d") and vocab.counts == (3, 2, 2, 1)
     vocab.save(str(tmp_path))
     assert LabelVocabulary.load(str(tmp_path)) == vocab
     grown = vocab.extend(["e", "a"])

@@ -115,10 +115,10 @@ def test_default_label_names_and_top_key():
     assert r["top3"]["OP"] == pytest.approx(5 / 12)
 
 
-def test_ap_ties_are_stable():
-    # tied scores keep index order: [neg, pos] -> positive at rank 2 -> AP 1/2
+def test_ap_ties_do_not_depend_on_order():
+    # two tied images, one positive: one operating point, precision 1/2 (as scikit-learn)
     assert average_precision([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
-    assert average_precision([1, 0], [0.5, 0.5]) == pytest.approx(1.0)
+    assert average_precision([1, 0], [0.5, 0.5]) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
@@ -256,3 +256,29 @@ def test_format_table_and_comparison():
     assert "91.7" in pct     # AP of class 0 = 11/12
     car = [ln for ln in pct.splitlines() if ln.startswith("car")][0]
     assert car.split()[3] == "-"  # AP undefined for a class without positives
+
+
+def test_ap_with_tied_scores_matches_sklearn_and_ignores_order():
+    from sklearn.metrics import average_precision_score
+
+    from cnnrnn_tf.metrics import average_precision
+
+    rng = np.random.RandomState(0)
+    for _ in range(300):
+        n = rng.randint(2, 30)
+        t = rng.randint(0, 2, n)
+        if not t.any():
+            t[0] = 1
+        s = rng.randint(0, 4, n) / 4.0  # many ties
+        expected = average_precision_score(t, s)
+        assert average_precision(t, s) == pytest.approx(expected, abs=1e-12)
+        perm = rng.permutation(n)
+        assert average_precision(t[perm], s[perm]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_vocabulary_ties_as_tft_vocabulary():
+    from cnnrnn_tf.vocabulary import LabelVocabulary
+
+    vocab = LabelVocabulary.from_label_lists([["b", "a", "c"], ["a", "c"], ["d"]])
+    # counts a 2, c 2, b 1, d 1; ties by bytes descending, as tft.vocabulary
+    assert vocab.labels == ("c", "a", "d", "b")
