@@ -7,7 +7,6 @@ the core never imports the TFX pipeline.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -15,59 +14,12 @@ from typing import List, Optional
 
 from cnnrnn_tf.errors import InputError
 
-EXIT_INPUT = 2
-EXIT_INTERNAL = 1
 
-
-# ---------------------------------------------------------------- argument types
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}")
-        return value
-
-    return parse
-
-
-positive_int = _int_at_least(1)
-non_negative_int = _int_at_least(0)
-
-
-def _float_where(ok, requirement: str):
-    """An argparse type: a float for which ``ok(value)`` holds, else '... must be <requirement>'."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{text!r} must be {requirement}")
-        return value
-
-    return parse
-
-
-probability = _float_where(lambda v: 0.0 < v < 1.0, "between 0 and 1")
-positive_float = _float_where(lambda v: v > 0, "> 0")
-non_negative_float = _float_where(lambda v: 0 <= v < float("inf"), "a finite number >= 0")
-
-
-def label_sep(text: str) -> str:
-    if not text or text in ("\n", "\r", ","):
-        raise argparse.ArgumentTypeError(f"{text!r} cannot separate labels (the CSV uses ',')")
-    return text
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with the one-line error format of the rest of the CLI."""
-
-    def error(self, message):
-        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} "
-                              f"(run '{self.prog} --help' for usage)\n")
+# Argument types and the parser class live in cnnrnn_tf.cli_args (shared with
+# cnnrnn_tf.serving.commands, which the CLI imports: no import circle).
+from cnnrnn_tf.cli_args import (EXIT_INPUT, EXIT_INTERNAL, Parser, _float_where,  # noqa: E402,F401
+                                label_sep, non_negative_float, non_negative_int, positive_float,
+                                positive_int, probability)
 
 
 # ---------------------------------------------------------------- commands
@@ -224,7 +176,7 @@ def cmd_main_job(args) -> int:
 
 
 # ---------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     from cnnrnn_tf import __version__
 
     parser = Parser(prog="cnnrnn", description="CNN-RNN multi-label image classification.")
