@@ -118,23 +118,23 @@ def benchmark_model(model, image_size: int, batch_size: int = 32, beam_size: Opt
     """The timings of one model at one batch size and beam size (see the module docstring)."""
     from cnnrnn_tf.evaluation import decode_function
 
-    beam = int(beam_size or getattr(model, "beam_size", 1) or 1)
+    beam = int(beam_size or model.beam_size)
     images = tf.constant(np.random.RandomState(seed).uniform(
         0, 255, (batch_size, image_size, image_size, 3)).astype("float32"))
     fns = {"encoder": encoder_function(model), "full": decode_function(model, beam)}
-    if python_loop and hasattr(model, "decoder"):
+    if python_loop and model.decodes_sequences:
         fns["beam1"] = fns["full"] if beam == 1 else decode_function(model, 1)
         fns["loop"] = python_loop_decode_function(model)
     ms = time_interleaved(fns, (images,), warmup, repeats)
     enc, full = ms["encoder"], ms["full"]
     decoder_only = None
-    if hasattr(model, "decode_features"):
+    if model.decodes_sequences:
         # The decoder part alone on precomputed features, compiled as decode_function does.
         features = fns["encoder"](images)
         part = tf.function(lambda f: model.decode_features(f, beam_size=beam), jit_compile=True)
         decoder_only = time_interleaved({"d": part}, (features,), warmup, repeats)["d"]
     result: Dict[str, Any] = {
-        "model_type": getattr(model, "model_type", type(model).__name__),
+        "model_type": model.model_type,
         "batch_size": int(batch_size),
         "beam_size": beam,
         "image_size": int(image_size),

@@ -49,7 +49,7 @@ class ServingModule(tf.Module):
         super().__init__(name="cnnrnn_serving")
         self.model = model
         self.image_size = int(image_size)
-        self.beam_size = int(beam_size or getattr(model, "beam_size", 1) or 1)
+        self.beam_size = int(beam_size or model.beam_size)
         self.num_labels = len(vocab)
         # The same preprocessor as tf.data: bit-identical pixels (see cnnrnn_tf.preprocessor).
         self.preprocessor = Preprocessor(self.image_size, vocab.labels)
@@ -62,9 +62,7 @@ class ServingModule(tf.Module):
 
     def _decode(self, images):
         """Runs decode(); an empty batch returns empty outputs without running the model."""
-        length = int(min(self.model.max_labels, self.num_labels)
-                     if getattr(self.model, "model_type", "") != "cnn-rnn"
-                     else self.model.max_labels)
+        length = self.model.output_length
 
         def run():
             out = self.model.decode(images, beam_size=self.beam_size)

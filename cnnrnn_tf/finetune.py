@@ -34,7 +34,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
-from cnnrnn_tf.vocabulary import NUM_SPECIAL, LabelVocabulary
+from cnnrnn_tf.vocabulary import LabelVocabulary
 
 __all__ = ["grow_vocabulary", "remap_vocabulary", "finetune_vocabulary", "new_labels_in", "finetune"]
 
@@ -57,11 +57,7 @@ def _image_size(model) -> Optional[int]:
 
 
 def _build(model, image_size: int) -> None:
-    images = np.zeros((1, image_size, image_size, 3), "float32")
-    if hasattr(model, "decoder"):
-        model({"images": images, "label_inputs": np.ones((1, 1), "int32")})
-    else:
-        model({"images": images})
+    model(model.example_inputs(image_size))
 
 
 def grow_vocabulary(model: keras.Model, old_vocab: LabelVocabulary, new_labels: Iterable[str],
@@ -115,14 +111,7 @@ def remap_vocabulary(model: keras.Model, old_vocab: LabelVocabulary, new_vocab: 
         _build(model, size)
     _build(new_model, size)
 
-    if hasattr(model, "decoder"):
-        # label embedding [tokens, dim]: label rows start after END and START
-        remapped = {id(model.decoder.label_embedding.embeddings): (0, NUM_SPECIAL)}
-        if getattr(model, "label_head", None) is not None:
-            remapped[id(model.label_head.kernel)] = (1, 0)
-            remapped[id(model.label_head.bias)] = (0, 0)
-    else:
-        remapped = {id(model.classifier.kernel): (1, 0), id(model.classifier.bias): (0, 0)}
+    remapped = {id(var): (axis, first) for var, axis, first in model.label_weights()}
     old_weights, new_weights = model.weights, new_model.weights
     if len(old_weights) != len(new_weights):
         raise ValueError(f"the rebuilt model has {len(new_weights)} weights, "
@@ -235,7 +224,7 @@ def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional
     loaded = load_model_dir(model_dir)
     stats = scan_labels(train_dir)
     added = new_labels_in(loaded.vocab, stats.label_lists)
-    max_labels = max(int(getattr(loaded.model, "max_labels", 1)),
+    max_labels = max(int(loaded.model.max_labels),
                      choose_max_labels(stats, config_changes.pop("max_labels", None)))
     config = loaded.config.replace(epochs=epochs, max_labels=max_labels, **config_changes)
     if keep_label_ids is not None:  # 0.2.0's name: keep ids == keep the learned order

@@ -112,11 +112,7 @@ def _rebuild_and_load_weights(model_file: str, config: TrainConfig, vocab: Label
     try:
         # weights="none": no download; the archive's weights replace them anyway.
         model = build_model(config.replace(weights="none"), len(vocab), int(info["max_labels"]))
-        size = config.image_size
-        inputs = {"images": keras.ops.zeros((1, size, size, 3))}
-        if config.model == "cnn-rnn":
-            inputs["label_inputs"] = keras.ops.zeros((1, 2), dtype="int32")
-        model(inputs)
+        model(model.example_inputs(config.image_size))
         model.load_weights(model_file)
     except Exception:  # noqa: BLE001 - the caller reports the original error
         return None

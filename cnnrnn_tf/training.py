@@ -125,6 +125,62 @@ def train(
     building a fresh one; its number of labels must match the vocabulary. Create it
     inside ``strategy.scope()`` when training on several GPUs.
     """
+    out_dir = prepare_out_dir(out_dir)
+    t0 = time.time()
+    plan = plan_training(config, train_data, eval_data, vocab=vocab, rank=rank)
+    keras.utils.set_random_seed(config.seed)
+    strategy = strategy or choose_strategy()
+    with precision_policy(config.mixed_precision), strategy.scope():
+        model = build_training_model(config, plan, initial_model)
+        train_ds, eval_ds = make_datasets(config, plan, model, train_data, eval_data)
+        makedirs(out_dir, "model folder")
+        compile_model(model, config, plan, eval_ds)
+        history = fit(model, config, plan, train_ds, eval_ds, out_dir, verbose=verbose,
+                      extra_callbacks=extra_callbacks, data_names=(train_data, eval_data))
+    info = {
+        "library_version": __version__,
+        "max_labels": plan.max_labels,
+        "label_rank": [int(r) for r in plan.rank],
+        "num_train": plan.num_train,
+        "num_eval": plan.num_eval,
+        "epochs_run": len(history.get("loss", [])),
+        "epochs_max": plan.epochs,
+        "train_seconds": round(time.time() - t0, 1),
+    }
+    result = TrainResult(model, plan.vocab, config, info, history)
+    save_training(out_dir, result)
+    if export:
+        from cnnrnn_tf.export import export_saved_model
+
+        export_saved_model(model, plan.vocab, config.image_size,
+                           join(out_dir, SAVED_MODEL_DIR), beam_size=config.beam_size)
+    if evaluate_after:
+        from cnnrnn_tf.evaluation import evaluate_model
+
+        result.metrics = evaluate_model(model, plan.vocab, eval_data, config.image_size,
+                                        beam_size=config.beam_size)
+        write_json(join(out_dir, METRICS_FILE), result.metrics)
+    return result
+
+
+# ------------------------------------------------------------------ the steps of train()
+@dataclasses.dataclass
+class TrainPlan:
+    """What one look at the data decides: vocabulary, label order, lengths, epochs."""
+
+    vocab: LabelVocabulary
+    rank: np.ndarray
+    max_labels: int
+    epochs: int
+    num_train: int
+    num_eval: int
+
+    def steps_per_epoch(self, config: TrainConfig) -> int:
+        return config.steps_per_epoch or -(-self.num_train // config.batch_size)
+
+
+def prepare_out_dir(out_dir: str) -> str:
+    """The MODEL_DIR path (absolute when local); refuses a file or a trained MODEL_DIR."""
     out_dir = absolute(out_dir)
     ensure_filesystem(out_dir)
     try:
@@ -134,105 +190,108 @@ def train(
         raise storage_error(out_dir, exc) from None
     if is_model_dir(out_dir):
         raise InputError(f"{out_dir}: already holds a trained model; choose another --out")
-    t0 = time.time()
+    return out_dir
+
+
+def plan_training(config: TrainConfig, train_data, eval_data, *,
+                  vocab: Optional[LabelVocabulary] = None, rank=None) -> TrainPlan:
     train_stats = scan_labels(train_data)
     eval_stats = scan_labels(eval_data)
     vocab = vocab or train_stats.vocabulary()
-    max_labels = choose_max_labels(train_stats, config.max_labels)
-    epochs = config.epochs or default_epochs(train_stats.num_examples)
-    mode = "sequence" if config.model == "cnn-rnn" else "multi_hot"
     rank = (np.asarray(label_rank(vocab, config.label_order, config.seed)) if rank is None
             else np.asarray(rank, dtype=np.int32))
     if rank.shape != (len(vocab),):
         raise ValueError(f"rank has {rank.shape[0]} entries, the vocabulary {len(vocab)}")
-    common = dict(vocab=vocab, mode=mode, image_size=config.image_size,
-                  batch_size=config.batch_size, max_labels=max_labels, rank=rank,
-                  seed=config.seed)
+    return TrainPlan(vocab, rank, choose_max_labels(train_stats, config.max_labels),
+                     config.epochs or default_epochs(train_stats.num_examples),
+                     train_stats.num_examples, eval_stats.num_examples)
+
+
+def build_training_model(config: TrainConfig, plan: TrainPlan,
+                         initial_model: Optional[keras.Model] = None) -> keras.Model:
+    """A fresh model for the plan, or ``initial_model`` once checked (call in the strategy scope)."""
+    from cnnrnn_tf.models import build_model
+
+    if initial_model is None:
+        return build_model(config, len(plan.vocab), plan.max_labels)
+    if initial_model.num_labels != len(plan.vocab):
+        raise ValueError(f"initial_model has {initial_model.num_labels} labels, "
+                         f"the vocabulary {len(plan.vocab)}")
+    return initial_model
+
+
+def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_data):
+    """The training and validation tf.data pipelines, shaped for ``model``."""
+    common = dict(vocab=plan.vocab, mode="sequence" if model.decodes_sequences else "multi_hot",
+                  image_size=config.image_size, batch_size=config.batch_size,
+                  max_labels=plan.max_labels, rank=plan.rank, seed=config.seed)
     # Keep decoded images in memory only when they fit comfortably.
-    cache = train_stats.num_examples * config.image_size ** 2 * 3 < (2 << 30)
+    cache = plan.num_train * config.image_size ** 2 * 3 < (2 << 30)
     train_ds = make_dataset(train_data, training=True, augment=config.augment,
                             cache=cache, **common)
     eval_ds = make_dataset(eval_data, training=False, cache=cache, **common)
     if config.steps_per_epoch:
         train_ds = train_ds.repeat()
-    makedirs(out_dir, "model folder")
-    keras.utils.set_random_seed(config.seed)
-    strategy = strategy or choose_strategy()
-    from cnnrnn_tf.models import build_model
+    return train_ds, eval_ds
 
-    with precision_policy(config.mixed_precision), strategy.scope():
-        if initial_model is None:
-            model = build_model(config, len(vocab), max_labels)
-        elif getattr(initial_model, "num_labels", len(vocab)) != len(vocab):
-            raise ValueError(f"initial_model has {initial_model.num_labels} labels, "
-                             f"the vocabulary {len(vocab)}")
-        else:
-            model = initial_model
-        sample_inputs, _ = next(iter(eval_ds.take(1)))
-        model(sample_inputs)  # build the weights (BackupAndRestore needs a built model)
-        steps = config.steps_per_epoch or -(-train_stats.num_examples // config.batch_size)
-        model.compile(optimizer=make_optimizer(config, steps * epochs), loss=make_loss(config))
-        callbacks: List[keras.callbacks.Callback] = [
-            keras.callbacks.BackupAndRestore(join(out_dir, BACKUP_DIR)),
-        ]
-        if importlib.util.find_spec("tensorboard") is not None:
-            callbacks.append(keras.callbacks.TensorBoard(join(out_dir, LOG_DIR),
-                                                         update_freq="epoch"))
-        else:  # TensorFlow >= 2.20 no longer installs TensorBoard
-            log.warning("tensorboard is not installed: no TensorBoard logs in %s", out_dir)
-        patience = early_stopping_patience(config, epochs)
-        if patience is not None:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=patience,
-                restore_best_weights=True, verbose=min(verbose, 1)))
-        callbacks += extra_callbacks or []
-        resumed = _backup_epoch(join(out_dir, BACKUP_DIR))
-        if resumed is not None:
-            message = (f"resuming from {join(out_dir, BACKUP_DIR)} "
-                       f"(epoch {resumed} of {epochs} done)")
-            log.info(message)
-            if verbose:
-                print(message, flush=True)
+
+def compile_model(model, config: TrainConfig, plan: TrainPlan, eval_ds) -> None:
+    """Builds the weights (BackupAndRestore needs a built model) and compiles."""
+    sample_inputs, _ = next(iter(eval_ds.take(1)))
+    model(sample_inputs)
+    total = plan.steps_per_epoch(config) * plan.epochs
+    model.compile(optimizer=make_optimizer(config, total), loss=make_loss(config))
+
+
+def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
+                       verbose: int) -> List[keras.callbacks.Callback]:
+    callbacks: List[keras.callbacks.Callback] = [
+        keras.callbacks.BackupAndRestore(join(out_dir, BACKUP_DIR)),
+    ]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(join(out_dir, LOG_DIR),
+                                                     update_freq="epoch"))
+    else:  # TensorFlow >= 2.20 no longer installs TensorBoard
+        log.warning("tensorboard is not installed: no TensorBoard logs in %s", out_dir)
+    patience = early_stopping_patience(config, plan.epochs)
+    if patience is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=patience,
+            restore_best_weights=True, verbose=min(verbose, 1)))
+    return callbacks
+
+
+def fit(model, config: TrainConfig, plan: TrainPlan, train_ds, eval_ds, out_dir: str, *,
+        verbose: int = 1, extra_callbacks=None, data_names=("train", "eval")) -> Dict[str, List[float]]:
+    """model.fit with the project's callbacks; resumes from out_dir/backup. Returns the history."""
+    callbacks = training_callbacks(config, plan, out_dir, verbose) + list(extra_callbacks or [])
+    backup = join(out_dir, BACKUP_DIR)
+    resumed = _backup_epoch(backup)
+    if resumed is not None:
+        message = f"resuming from {backup} (epoch {resumed} of {plan.epochs} done)"
+        log.info(message)
         if verbose:
-            print(f"Training {config.model} ({config.backbone}, {config.image_size}px) on "
-                  f"{train_stats.num_examples} images, {len(vocab)} labels, "
-                  f"up to {max_labels} per image, {epochs} epochs max.", flush=True)
-        try:
-            history = model.fit(
-                train_ds, validation_data=eval_ds, epochs=epochs,
-                steps_per_epoch=config.steps_per_epoch, validation_steps=config.validation_steps,
-                callbacks=callbacks, verbose=verbose,
-            )
-        except tf.errors.InvalidArgumentError as exc:  # e.g. a record whose image is corrupt
-            detail = exc.message.strip().splitlines()[0] if exc.message else ""
-            raise InputError(f"{train_data} / {eval_data}: a record cannot be read while "
-                             f"training ({detail}); the resume checkpoint is kept in "
-                             f"{join(out_dir, BACKUP_DIR)}") from None
-    train_seconds = time.time() - t0
-    info = {
-        "library_version": __version__,
-        "max_labels": max_labels,
-        "label_rank": [int(r) for r in rank],
-        "num_train": train_stats.num_examples,
-        "num_eval": eval_stats.num_examples,
-        "epochs_run": len(history.history.get("loss", [])),
-        "epochs_max": epochs,
-        "train_seconds": round(train_seconds, 1),
-    }
-    save_model_dir(out_dir, model, vocab, config, info)
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    write_json(join(out_dir, HISTORY_FILE), hist)
+            print(message, flush=True)
+    if verbose:
+        print(f"Training {config.model} ({config.backbone}, {config.image_size}px) on "
+              f"{plan.num_train} images, {len(plan.vocab)} labels, "
+              f"up to {plan.max_labels} per image, {plan.epochs} epochs max.", flush=True)
+    try:
+        history = model.fit(
+            train_ds, validation_data=eval_ds, epochs=plan.epochs,
+            steps_per_epoch=config.steps_per_epoch, validation_steps=config.validation_steps,
+            callbacks=callbacks, verbose=verbose,
+        )
+    except tf.errors.InvalidArgumentError as exc:  # e.g. a record whose image is corrupt
+        detail = exc.message.strip().splitlines()[0] if exc.message else ""
+        raise InputError(f"{data_names[0]} / {data_names[1]}: a record cannot be read while "
+                         f"training ({detail}); the resume checkpoint is kept in "
+                         f"{backup}") from None
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def save_training(out_dir: str, result: "TrainResult") -> None:
+    """MODEL_DIR's model, vocabulary, config and history; then the resume checkpoint goes."""
+    save_model_dir(out_dir, result.model, result.vocab, result.config, result.info)
+    write_json(join(out_dir, HISTORY_FILE), result.history)
     remove_quietly(join(out_dir, BACKUP_DIR))
-    result = TrainResult(model, vocab, config, info, hist)
-    if export:
-        from cnnrnn_tf.export import export_saved_model
-
-        export_saved_model(model, vocab, config.image_size,
-                           join(out_dir, SAVED_MODEL_DIR), beam_size=config.beam_size)
-    if evaluate_after:
-        from cnnrnn_tf.evaluation import evaluate_model
-
-        result.metrics = evaluate_model(model, vocab, eval_data, config.image_size,
-                                        beam_size=config.beam_size)
-        write_json(join(out_dir, METRICS_FILE), result.metrics)
-    return result

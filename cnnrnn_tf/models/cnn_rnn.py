@@ -5,12 +5,13 @@ import keras
 from keras import ops
 
 from cnnrnn_tf.models.label_decoder import LabelDecoder
+from cnnrnn_tf.models.multilabel_model import MultiLabelModel
 from cnnrnn_tf.config import LABEL_HEADS
 from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID
 
 
 @keras.saving.register_keras_serializable(package="cnnrnn_tf")
-class CNNRNN(keras.Model):
+class CNNRNN(MultiLabelModel):
     """The CNN-RNN of Wang et al. (CVPR 2016).
 
     ``call({"images", "label_inputs"})`` runs teacher forcing and returns
@@ -43,6 +44,8 @@ class CNNRNN(keras.Model):
     """
 
     model_type = "cnn-rnn"
+    decodes_sequences = True
+    jit_decode = True
 
     def __init__(self, encoder, num_labels, embed_dim=64, lstm_units=256, max_labels=4,
                  beam_size=3, joint_activation="relu", dropout=0.0, mask_seen=True,
@@ -127,20 +130,26 @@ class CNNRNN(keras.Model):
         return ops.mean(keras.losses.binary_crossentropy(
             ops.cast(label_set, "float32")[..., None], aux_logits[..., None], from_logits=True))
 
-    def decode(self, images, beam_size=None, max_labels=None):
-        """Beam search. Returns a dict of tensors:
+    def example_inputs(self, image_size, batch_size=1):
+        import numpy as np
 
-        ``label_ids`` int32 [B, L] vocabulary indices in decoding order, -1 padded;
-        ``scores`` float32 [B, L] each label's probability at the step it was emitted;
-        ``label_count`` int32 [B]; ``log_prob`` float32 [B] the path's log-probability;
-        ``probabilities`` float32 [B, num_labels] per-label ranking scores: the maximum
-        over the best path's steps of the label's probability (see README).
-        """
-        features = self.encoder(images, training=False)
-        return self.decode_features(features, beam_size, max_labels)
+        inputs = super().example_inputs(image_size, batch_size)
+        inputs["label_inputs"] = np.full((batch_size, 1), START_ID, "int32")
+        return inputs
+
+    def label_weights(self):
+        # label embedding [tokens, dim]: label rows start after END and START
+        out = [(self.decoder.label_embedding.embeddings, 0, NUM_SPECIAL)]
+        if self.label_head is not None:
+            out += [(self.label_head.kernel, 1, 0), (self.label_head.bias, 0, 0)]
+        return out
 
     def decode_features(self, features, beam_size=None, max_labels=None):
-        """:meth:`decode` from the encoder's features [B, D] (the decoder part alone)."""
+        """Beam search from the encoder's features [B, D] (see ``MultiLabelModel.decode``).
+
+        ``probabilities``: the maximum over the best path's steps of each label's
+        probability (see README).
+        """
         from cnnrnn_tf.beam_search import beam_search
 
         result = beam_search(

@@ -4,9 +4,11 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from cnnrnn_tf.models.multilabel_model import MultiLabelModel
+
 
 @keras.saving.register_keras_serializable(package="cnnrnn_tf")
-class MultiLabelClassifier(keras.Model):
+class MultiLabelClassifier(MultiLabelModel):
     """Encoder + one logistic output per label (the paper's "traditional approach").
 
     Trained with binary cross-entropy (``bce``) or the asymmetric loss (``asl``).
@@ -16,6 +18,7 @@ class MultiLabelClassifier(keras.Model):
     """
 
     model_type = "bce"
+    beam_size = 1
 
     def __init__(self, encoder, num_labels, max_labels=4, threshold=0.5, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -29,13 +32,19 @@ class MultiLabelClassifier(keras.Model):
 
     def call(self, inputs, training=None):
         images = inputs["images"] if isinstance(inputs, dict) else inputs
-        features = self.encoder(images, training=training)
+        return self.logits(self.encoder(images, training=training), training=training)
+
+    def logits(self, features, training=None):
         return ops.cast(self.classifier(self.dropout(features, training=training)), "float32")
 
-    def decode(self, images, beam_size=None, max_labels=None):
+    @property
+    def output_length(self) -> int:
+        return min(int(self.max_labels), self.num_labels)
+
+    def decode_features(self, features, beam_size=None, max_labels=None):
         """Thresholded label sets; ``beam_size`` is accepted and ignored."""
         k = min(int(max_labels or self.max_labels), self.num_labels)
-        probs = ops.sigmoid(self.call({"images": images}, training=False))
+        probs = ops.sigmoid(self.logits(features, training=False))
         top_probs, top_ids = ops.top_k(probs, k=k, sorted=True)
         keep = top_probs >= self.threshold
         label_ids = ops.where(keep, ops.cast(top_ids, "int32"), -1)
@@ -44,6 +53,9 @@ class MultiLabelClassifier(keras.Model):
         log_prob = ops.sum(ops.where(keep, ops.log(ops.maximum(top_probs, 1e-12)), 0.0), axis=-1)
         return {"label_ids": label_ids, "scores": scores, "label_count": count,
                 "log_prob": log_prob, "probabilities": probs}
+
+    def label_weights(self):
+        return [(self.classifier.kernel, 1, 0), (self.classifier.bias, 0, 0)]
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,56 @@
+"""The small base class every model of the project shares (CNN-RNN and the per-label baselines).
+
+Code around the models (training, export, evaluation, fine-tuning, benchmarks) talks to this
+interface only, instead of branching on ``model_type`` strings or ``hasattr(model, ...)``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import keras
+import numpy as np
+
+
+class MultiLabelModel(keras.Model):
+    """An image encoder and a head that predicts a label set.
+
+    Subclasses set ``model_type`` and implement :meth:`decode_features`, :meth:`label_weights`
+    and ``get_config``; they keep ``encoder``, ``num_labels``, ``max_labels`` and
+    ``beam_size`` as attributes.
+
+    Attributes:
+        decodes_sequences: True when the model decodes label paths step by step
+            (``start_state`` / ``step``, teacher forcing on ``label_inputs``).
+        jit_decode: compile :meth:`decode_features` with XLA in evaluation and serving.
+    """
+
+    model_type = "multilabel"
+    decodes_sequences = False
+    jit_decode = False
+
+    @property
+    def output_length(self) -> int:
+        """L, the length of the ``label_ids`` / ``scores`` outputs of :meth:`decode`."""
+        return int(self.max_labels)
+
+    def decode(self, images, beam_size=None, max_labels=None) -> Dict:
+        """Label sets for float32 pixels [B, S, S, 3]. A dict of tensors:
+
+        ``label_ids`` int32 [B, L] vocabulary indices in decoding order, -1 padded;
+        ``scores`` float32 [B, L]; ``label_count`` int32 [B]; ``log_prob`` float32 [B];
+        ``probabilities`` float32 [B, num_labels] per-label ranking scores.
+        """
+        features = self.encoder(images, training=False)
+        return self.decode_features(features, beam_size, max_labels)
+
+    def decode_features(self, features, beam_size=None, max_labels=None) -> Dict:
+        raise NotImplementedError
+
+    def example_inputs(self, image_size: int, batch_size: int = 1) -> Dict[str, np.ndarray]:
+        """Inputs that build every weight of the model when called on them."""
+        return {"images": np.zeros((batch_size, image_size, image_size, 3), "float32")}
+
+    def label_weights(self) -> List[Tuple[keras.Variable, int, int]]:
+        """The weights that hold one slice per label: (variable, label axis, first label
+        index along it). Fine-tuning copies and grows exactly these along that axis."""
+        raise NotImplementedError
