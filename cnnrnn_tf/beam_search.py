@@ -93,7 +93,9 @@ from typing import Any, Callable, Dict, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-MASK_VALUE = -1e9
+from cnnrnn_tf.vocabulary import MASK_LOGIT
+
+MASK_VALUE = MASK_LOGIT  # cnnrnn_tf.vocabulary: the project's one mask value
 
 StepFn = Callable[[tf.Tensor, Any], Tuple[tf.Tensor, Any]]
 

@@ -50,7 +50,7 @@ def python_loop_decode_function(model, max_labels: Optional[int] = None):
     no label twice, END forced after ``max_labels``). Returns fn(images) -> label ids
     [B, L] (vocabulary indices, -1 padded).
     """
-    from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID
+    from cnnrnn_tf.vocabulary import END_ID, MASK_LOGIT, NUM_SPECIAL, START_ID
 
     steps = int(max_labels or model.max_labels)
     num_tokens = model.num_labels + NUM_SPECIAL
@@ -62,7 +62,7 @@ def python_loop_decode_function(model, max_labels: Optional[int] = None):
     @tf.function(reduce_retracing=True)
     def step(tokens, state, seen):
         logits, state = model.step(tokens, state)
-        logits = tf.where(seen, tf.constant(-1e9, logits.dtype), logits)
+        logits = tf.where(seen, tf.constant(MASK_LOGIT, logits.dtype), logits)
         return tf.argmax(logits, axis=-1, output_type=tf.int32), state
 
     def fn(images):

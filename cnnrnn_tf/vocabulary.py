@@ -23,6 +23,9 @@ from cnnrnn_tf.errors import InputError
 END_ID = 0
 START_ID = 1
 NUM_SPECIAL = 2
+# The logit that masks a token out of a softmax (START, labels already on the path, ...):
+# one constant for the decoder, the beam search and every reference decoder.
+MASK_LOGIT = -1e9
 LABEL_ORDERS = ("frequent-first", "rare-first", "random", "pla", "mla")
 VOCAB_FILE = "vocabulary.json"
 
@@ -164,8 +167,3 @@ def label_rank(vocab: LabelVocabulary, order: str, seed: int = 0) -> np.ndarray:
         rank[rng.permutation(n)] = np.arange(n, dtype=np.int32)
         return rank
     raise InputError(f"--label-order: {order!r} is not one of {', '.join(LABEL_ORDERS)}")
-
-
-def order_label_ids(ids: Sequence[int], rank: np.ndarray) -> List[int]:
-    """Sorts vocabulary indices by a rank from :func:`label_rank`."""
-    return sorted(ids, key=lambda i: rank[i])

@@ -23,9 +23,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID
+from cnnrnn_tf.vocabulary import END_ID, MASK_LOGIT, NUM_SPECIAL, START_ID
 
-NEG_INF = -1e9
+NEG_INF = MASK_LOGIT
 
 
 @keras.saving.register_keras_serializable(package="cnnrnn_tf")
