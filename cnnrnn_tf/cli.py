@@ -64,7 +64,9 @@ def _train_config(args):
                   seed=args.seed, optimizer=args.optimizer, learning_rate=args.learning_rate,
                   beam_size=args.beam_size, max_labels=args.max_labels, augment=args.augment,
                   fine_tune=args.fine_tune, mixed_precision=args.mixed_precision,
-                  threshold=args.threshold, steps_per_epoch=args.steps_per_epoch,
+                  threshold=args.threshold, threshold_metric=args.threshold_metric,
+                  per_class_threshold=args.per_class_threshold,
+                  steps_per_epoch=args.steps_per_epoch,
                   early_stopping_patience=args.patience,
                   early_stopping=not args.no_early_stopping)
     if args.paper:
@@ -235,7 +237,12 @@ def build_parser() -> Parser:
     p.add_argument("--learning-rate", type=positive_float, default=1e-3)
     p.add_argument("--beam-size", type=positive_int, default=3)
     p.add_argument("--max-labels", type=positive_int, default=None)
-    p.add_argument("--threshold", type=probability, default=0.5, help="bce/asl decision threshold")
+    p.add_argument("--threshold", type=probability, default=None,
+                   help="bce/asl: a fixed decision threshold (default: chosen on the --eval "
+                        "split after training, maximising --threshold-metric)")
+    p.add_argument("--threshold-metric", choices=("OF1", "CF1"), default="OF1")
+    p.add_argument("--per-class-threshold", action="store_true",
+                   help="bce/asl: one calibrated threshold per label")
     p.add_argument("--label-head", choices=LABEL_HEADS, default=None,
                    help="cnn-rnn: 'evidence' (default) adds a per-label head trained with an "
                         "auxiliary BCE whose logits join the decoder's scores; 'aux' uses it "

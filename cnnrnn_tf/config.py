@@ -51,7 +51,12 @@ class TrainConfig:
     aux_loss_weight: float = 1.0
     beam_size: int = 3
     max_labels: Optional[int] = None  # None: the most labels of any training image (capped at 16)
-    threshold: float = 0.5
+    # BCE / ASL decision threshold. None (default): calibrated on the validation split after
+    # training (cnnrnn_tf.calibration): the global threshold that maximises
+    # threshold_metric, or one per class with per_class_threshold. A number fixes it.
+    threshold: Optional[float] = None
+    threshold_metric: str = "OF1"
+    per_class_threshold: bool = False
     augment: bool = False
     fine_tune: bool = False
     weights: str = "default"
@@ -90,7 +95,8 @@ class TrainConfig:
             raise InputError(f"--dropout: {self.dropout} is not in [0, 1)")
         if not (0.0 <= float(self.aux_loss_weight) <= 100.0):
             raise InputError(f"--aux-loss-weight: {self.aux_loss_weight} is not in [0, 100]")
-        if not (0.0 < float(self.threshold) < 1.0):
+        _choice("--threshold-metric", self.threshold_metric, ("OF1", "CF1"))
+        if self.threshold is not None and not (0.0 < float(self.threshold) < 1.0):
             raise InputError(f"--threshold: {self.threshold} is not in (0, 1)")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
             raise InputError("--patience: must be >= 0")

@@ -101,6 +101,8 @@ def remap_vocabulary(model: keras.Model, old_vocab: LabelVocabulary, new_vocab: 
     added = int((source < 0).sum())
     config = model.get_config()
     config["num_labels"] = len(new_vocab)
+    if config.get("class_thresholds") is not None:  # recalibrated after fine-tuning
+        config["class_thresholds"] = None
     if max_labels is not None:
         config["max_labels"] = int(max_labels)
     new_model = type(model).from_config(config)

@@ -9,13 +9,13 @@ confident). For class k: ``TP_k = sum_i y_true[i,k] * y_pred[i,k]``,
 Definitions (as in the CNN-RNN paper, Wang et al., CVPR 2016):
 
 * **AP** of one class (non-interpolated average precision): sort the images
-  by score, descending; ties keep their original (image index) order, i.e. a
-  *stable* sort of ``-score``. With ``r_1 < ... < r_P`` the 1-based ranks of
-  the P positives, ``AP = (1/P) * sum_j precision@r_j`` where
-  ``precision@r = (#positives among the first r) / r``. Without ties this
-  equals ``sklearn.metrics.average_precision_score``. (sklearn instead treats
-  a block of tied scores as a single threshold, so the two can differ when
-  scores tie.) AP is undefined for a class with no positive.
+  by score, descending; each distinct score is one operating point n (tied
+  images enter together), ``AP = sum_n (R_n - R_{n-1}) P_n`` with ``P_n`` and
+  ``R_n`` the precision and recall of the images scoring at least that score.
+  Without ties this is ``(1/P) * sum_j precision@r_j`` over the ranks of the P
+  positives; with ties it does not depend on the images' order, and it equals
+  ``sklearn.metrics.average_precision_score`` in every case (0.2.0 broke ties by
+  image index). AP is undefined for a class with no positive.
 * **Evaluated classes** E: the classes with ``support_k >= 1``.
 * **mAP** = mean of AP over E.
 * Per class: ``P_k = TP_k / predicted_k`` (0 if ``predicted_k == 0``, like

@@ -370,8 +370,7 @@ def _markdown(loaded, data_dir: str, results: Dict[str, Any], beam_size: int) ->
         f"{cfg.image_size}px, {len(loaded.vocab)} labels)",
         f"- data: `{data_dir}` ({results['num_images']} images, "
         f"{results['num_classes_evaluated']} of {results['num_classes']} labels occur)",
-        f"- decoding: beam size {beam_size}" if cfg.model == "cnn-rnn"
-        else f"- decoding: threshold {cfg.threshold}",
+        f"- decoding: {_decoding(loaded.model, cfg, beam_size)}",
         f"- labels per image: {results['mean_true_labels']:.2f} true, "
         f"{results['mean_predicted_labels']:.2f} predicted",
     ]
@@ -411,6 +410,15 @@ def _markdown(loaded, data_dir: str, results: Dict[str, Any], beam_size: int) ->
         title, caption = captions[key]
         lines += ["", f"## {title}", "", caption, "", f"![{title}]({file})"]
     return "\n".join(lines) + "\n"
+
+
+def _decoding(model, cfg, beam_size: int) -> str:
+    if not model.thresholded:
+        return f"beam size {beam_size}"
+    if model.class_thresholds:
+        return "one threshold per label, calibrated on the validation split"
+    how = " (calibrated on the validation split)" if cfg.threshold is None else ""
+    return f"threshold {model.threshold:g}{how}"
 
 
 def _prepare_out_dir(out_dir: str) -> None:

@@ -137,6 +137,7 @@ def train(
         compile_model(model, config, plan, eval_ds)
         history = fit(model, config, plan, train_ds, eval_ds, out_dir, verbose=verbose,
                       extra_callbacks=extra_callbacks, data_names=(train_data, eval_data))
+    calibration = calibrate_thresholds(model, config, plan, eval_data)
     info = {
         "library_version": __version__,
         "max_labels": plan.max_labels,
@@ -147,6 +148,8 @@ def train(
         "epochs_max": plan.epochs,
         "train_seconds": round(time.time() - t0, 1),
     }
+    if calibration is not None:
+        info["calibration"] = calibration
     result = TrainResult(model, plan.vocab, config, info, history)
     save_training(out_dir, result)
     if export:
@@ -288,6 +291,18 @@ def fit(model, config: TrainConfig, plan: TrainPlan, train_ds, eval_ds, out_dir:
                          f"training ({detail}); the resume checkpoint is kept in "
                          f"{backup}") from None
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def calibrate_thresholds(model, config: TrainConfig, plan: TrainPlan, eval_data):
+    """BCE / ASL without a fixed ``--threshold``: thresholds chosen on the validation split
+    (cnnrnn_tf.calibration), kept in the model (so in model.keras and the SavedModel)."""
+    if not model.thresholded or config.threshold is not None:
+        return None
+    from cnnrnn_tf.evaluation import predict_dataset
+
+    preds = predict_dataset(model, plan.vocab, eval_data, config.image_size)
+    return model.calibrate(preds.y_true, preds.y_score, config.threshold_metric,
+                           config.per_class_threshold)
 
 
 def save_training(out_dir: str, result: "TrainResult") -> None:

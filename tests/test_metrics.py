@@ -282,3 +282,21 @@ def test_vocabulary_ties_as_tft_vocabulary():
     vocab = LabelVocabulary.from_label_lists([["b", "a", "c"], ["a", "c"], ["d"]])
     # counts a 2, c 2, b 1, d 1; ties by bytes descending, as tft.vocabulary
     assert vocab.labels == ("c", "a", "d", "b")
+
+
+def test_calibrated_threshold_maximises_the_metric_on_the_grid():
+    from cnnrnn_tf.calibration import GRID, choose_thresholds
+    from cnnrnn_tf.metrics import multilabel_metrics
+
+    rng = np.random.RandomState(0)
+    y = (rng.rand(200, 5) < 0.3).astype(int)
+    y[0] = 1
+    score = np.clip(0.25 * y + 0.6 * rng.rand(200, 5), 0, 1)  # best threshold well above 0.5? no
+    best, per, value = choose_thresholds(y, score, "OF1")
+    assert per is None and best in GRID
+    of1 = [multilabel_metrics(y, (score >= t).astype(int), score)["OF1"] for t in GRID]
+    assert value == pytest.approx(max(of1)) and value >= of1[list(GRID).index(0.5)]
+    best_c, per_c, value_c = choose_thresholds(y, score, "CF1", per_class=True)
+    assert len(per_c) == 5
+    sets = (score >= np.array(per_c)).astype(int)
+    assert value_c == pytest.approx(multilabel_metrics(y, sets, score)["CF1"])

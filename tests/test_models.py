@@ -243,3 +243,21 @@ def test_train_config_label_head_choices():
         TrainConfig(label_head="yes")
     with pytest.raises(InputError, match="--aux-loss-weight"):
         TrainConfig(aux_loss_weight=-1.0)
+
+
+def test_classifier_thresholds_per_class_and_round_trip(tmp_path):
+    from cnnrnn_tf.models import MultiLabelClassifier
+
+    model = MultiLabelClassifier(tiny_encoder(), 4, max_labels=4, threshold=0.5)
+    images = random_images(3)
+    probs = np.asarray(keras.ops.sigmoid(model({"images": images})))
+    model.class_thresholds = [0.0, 1.1, 0.0, 1.1]  # labels 0 and 2 always, 1 and 3 never
+    out = model.decode(images)
+    got = [sorted(int(i) for i in row if i >= 0) for row in np.asarray(out["label_ids"])]
+    assert got == [[0, 2]] * 3, (got, probs)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.class_thresholds == model.class_thresholds
+    np.testing.assert_array_equal(np.asarray(loaded.decode(images)["label_ids"]),
+                                  np.asarray(out["label_ids"]))

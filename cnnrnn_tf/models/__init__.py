@@ -27,5 +27,6 @@ def build_model(config, num_labels: int, max_labels: int):
                       else "none", label_head=config.label_head,
                       aux_loss_weight=config.aux_loss_weight, mask_seen=config.mask_seen)
     return MultiLabelClassifier(encoder, num_labels, max_labels=max_labels,
-                                threshold=config.threshold, dropout=config.dropout,
+                                threshold=0.5 if config.threshold is None else config.threshold,
+                                dropout=config.dropout,
                                 name=f"{config.model}_classifier")

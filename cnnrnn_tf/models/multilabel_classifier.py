@@ -19,13 +19,21 @@ class MultiLabelClassifier(MultiLabelModel):
 
     model_type = "bce"
     beam_size = 1
+    thresholded = True
 
-    def __init__(self, encoder, num_labels, max_labels=4, threshold=0.5, dropout=0.0, **kwargs):
+    def __init__(self, encoder, num_labels, max_labels=4, threshold=0.5, dropout=0.0,
+                 class_thresholds=None, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.num_labels = int(num_labels)
         self.max_labels = int(max_labels)
         self.threshold = float(threshold)
+        # One threshold per label (calibrated per class), or None: ``threshold`` for all.
+        self.class_thresholds = (None if class_thresholds is None
+                                 else [float(t) for t in class_thresholds])
+        if self.class_thresholds is not None and len(self.class_thresholds) != self.num_labels:
+            raise ValueError(f"class_thresholds has {len(self.class_thresholds)} values, "
+                             f"the model {self.num_labels} labels")
         self.dropout_rate = float(dropout)
         self.dropout = keras.layers.Dropout(self.dropout_rate)
         self.classifier = keras.layers.Dense(self.num_labels, name="label_logits")
@@ -46,13 +54,25 @@ class MultiLabelClassifier(MultiLabelModel):
         k = min(int(max_labels or self.max_labels), self.num_labels)
         probs = ops.sigmoid(self.logits(features, training=False))
         top_probs, top_ids = ops.top_k(probs, k=k, sorted=True)
-        keep = top_probs >= self.threshold
+        if self.class_thresholds is None:
+            keep = top_probs >= self.threshold
+        else:
+            per_label = ops.convert_to_tensor(self.class_thresholds, "float32")
+            keep = top_probs >= ops.take(per_label, top_ids)
         label_ids = ops.where(keep, ops.cast(top_ids, "int32"), -1)
         scores = ops.where(keep, top_probs, 0.0)
         count = ops.sum(ops.cast(keep, "int32"), axis=-1)
         log_prob = ops.sum(ops.where(keep, ops.log(ops.maximum(top_probs, 1e-12)), 0.0), axis=-1)
         return {"label_ids": label_ids, "scores": scores, "label_count": count,
                 "log_prob": log_prob, "probabilities": probs}
+
+    def calibrate(self, y_true, y_score, metric="OF1", per_class=False):
+        from cnnrnn_tf.calibration import choose_thresholds
+
+        best, per, value = choose_thresholds(y_true, y_score, metric, per_class)
+        self.threshold, self.class_thresholds = best, per
+        return {"threshold": best, "class_thresholds": per, "metric": metric,
+                "validation_value": round(value, 6)}
 
     def label_weights(self):
         return [(self.classifier.kernel, 1, 0), (self.classifier.bias, 0, 0)]
@@ -63,6 +83,7 @@ class MultiLabelClassifier(MultiLabelModel):
             encoder=keras.saving.serialize_keras_object(self.encoder),
             num_labels=self.num_labels, max_labels=self.max_labels,
             threshold=self.threshold, dropout=self.dropout_rate,
+            class_thresholds=self.class_thresholds,
         )
         return config
 

@@ -22,11 +22,18 @@ class MultiLabelModel(keras.Model):
         decodes_sequences: True when the model decodes label paths step by step
             (``start_state`` / ``step``, teacher forcing on ``label_inputs``).
         jit_decode: compile :meth:`decode_features` with XLA in evaluation and serving.
+        thresholded: the predicted set depends on decision thresholds, which
+            :meth:`calibrate` sets from validation scores.
     """
 
     model_type = "multilabel"
     decodes_sequences = False
     jit_decode = False
+    thresholded = False
+
+    def calibrate(self, y_true, y_score, metric: str = "OF1", per_class: bool = False):
+        """Sets the decision thresholds from validation truth / scores; returns a summary."""
+        return None
 
     @property
     def output_length(self) -> int:
