@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from cnnrnn_tf import schema
@@ -12,7 +11,7 @@ from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.uri import ensure_filesystem
 from cnnrnn_tf.preprocessing import augment_image
 from cnnrnn_tf.preprocessor import Preprocessor, sequence_targets  # noqa: F401  (re-exported)
-from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID, LabelVocabulary, label_rank
+from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
 
 AUTOTUNE = tf.data.AUTOTUNE
 MAX_LABELS_CAP = 16
