@@ -76,8 +76,8 @@ def check_bucket(path: str, flag: str) -> None:
         return
     import tensorflow as tf
 
-    bucket = path[:path.index("://") + 3] + path.split("://", 1)[1].split("/", 1)[0]
-    try:
+    bucket = path[:path.index("://") + 3] + path.split("://", 1)[1].split("/", 1)[0] + "/"
+    try:  # (tensorflow-io's S3 needs the trailing slash to see a bucket as a folder)
         if not tf.io.gfile.isdir(bucket):
             raise InputError(f"--{flag} {path}: bucket {bucket} does not exist or cannot be "
                              "listed (check the bucket name and the credentials)")

@@ -82,6 +82,7 @@ def compile_pipeline(output_file: str, image: str, *, pipeline_name: str, pipeli
         schema_path=schema_path, beam_pipeline_args=beam_pipeline_args,
         trainer_resources=trainer_resources(gpus, gpu_type) if gpus else None,
         runtime_parameters={k: params[k] for k in PARAMETERS if k != "data_root"},
+        for_kubeflow_v2=True,
         **pipeline_kwargs)
     runner.run(pipeline, parameter_values=values)
     return output_file

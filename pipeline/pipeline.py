@@ -43,7 +43,7 @@ from tfx import v1 as tfx
 from cnnrnn_tf import __version__, uri
 from cnnrnn_tf.export import EVAL_SIGNATURES
 from cnnrnn_tf.tfx_module import TRAIN_CONFIG_KEY, VERSION_KEY
-from cnnrnn_pipeline.components import AnomalyGate
+from cnnrnn_pipeline.components import AnomalyGate, KubeflowInfraValidator
 from cnnrnn_pipeline.curated_schema import TEMPLATE
 from cnnrnn_pipeline.tfma_metrics import metrics_config
 
@@ -137,6 +137,7 @@ def create_pipeline(
     infra_validator: Optional[str] = None,
     trainer_resources=None,
     runtime_parameters: Optional[Dict[str, Any]] = None,
+    for_kubeflow_v2: bool = False,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline; reads and writes nothing.
 
@@ -158,6 +159,8 @@ def create_pipeline(
     ``runtime_parameters``: ``{"push_destination" | "train_args" | "eval_config":
     RuntimeParameter}`` (Kubeflow V2 only): those components take the parameter
     instead of the constant built from the arguments; ``data_root`` may be one too.
+    ``for_kubeflow_v2``: use :class:`~cnnrnn_pipeline.components.KubeflowInfraValidator`
+    (the stock executor under a class the Kubeflow V2 compiler accepts).
     """
     runtime_parameters = dict(runtime_parameters or {})
     input_config, output_config = example_gen_configs(split)
@@ -207,7 +210,8 @@ def create_pipeline(
         trainer.with_platform_config(trainer_resources)
     validators = []
     if infra_validator:
-        validators.append(tfx.components.InfraValidator(
+        validator_class = KubeflowInfraValidator if for_kubeflow_v2 else tfx.components.InfraValidator
+        validators.append(validator_class(
             model=trainer.outputs["model"],
             examples=example_gen.outputs["examples"],
             serving_spec=infra_validator_spec(infra_validator),
