@@ -54,8 +54,11 @@ def label_vocabulary(transform_output_dir: str):
 
     from cnnrnn_tf.vocabulary import LabelVocabulary
 
+    import tensorflow as tf
+
     path = tft.TFTransformOutput(transform_output_dir).vocabulary_file_by_name(LABEL_VOCAB_NAME)
-    return LabelVocabulary.from_text_file(path)
+    with tf.io.gfile.GFile(path, "r") as f:  # the transform graph may be on s3:// / gs://
+        return LabelVocabulary(tuple(line.rstrip("\n") for line in f if line.strip()))
 
 
 def run_fn(fn_args) -> None:

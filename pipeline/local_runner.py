@@ -55,8 +55,12 @@ def beam_args(user_args: Optional[List[str]] = None, s3: bool = False) -> List[s
         # environment (boto3 reads them there) so they are not written into the pipeline
         # IR and ML Metadata, which record every Beam argument.
         given = {a.split("=", 1)[0] for a in user_args}
-        defaults += [a for a in uri.beam_s3_options()
-                     if a.split("=", 1)[0] not in given | SECRET_BEAM_OPTIONS]
+        for arg in uri.beam_s3_options():
+            flag = arg.split("=", 1)[0]
+            if flag in given | SECRET_BEAM_OPTIONS:
+                continue
+            # Beam's --s3_disable_ssl is a store_true flag: "--s3_disable_ssl=true" is refused.
+            defaults.append(flag if flag == "--s3_disable_ssl" else arg)
     return defaults + user_args
 
 
