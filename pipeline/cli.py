@@ -79,8 +79,11 @@ def check_bucket(path: str, flag: str) -> None:
     bucket = path[:path.index("://") + 3] + path.split("://", 1)[1].split("/", 1)[0] + "/"
     try:  # (tensorflow-io's S3 needs the trailing slash to see a bucket as a folder)
         if not tf.io.gfile.isdir(bucket):
+            hint = ("the bucket name, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_REGION and "
+                    "AWS_ENDPOINT_URL" if uri.scheme(path) == "s3" else
+                    "the bucket name and the application default credentials")
             raise InputError(f"--{flag} {path}: bucket {bucket} does not exist or cannot be "
-                             "listed (check the bucket name and the credentials)")
+                             f"reached (check {hint})")
         tf.io.gfile.listdir(bucket)
     except tf.errors.OpError as exc:
         raise uri.storage_error(path, exc, f"--{flag}: bucket {bucket} cannot be listed") from None
