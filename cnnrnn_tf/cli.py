@@ -54,7 +54,6 @@ def _float_where(ok, requirement: str):
 probability = _float_where(lambda v: 0.0 < v < 1.0, "between 0 and 1")
 positive_float = _float_where(lambda v: v > 0, "> 0")
 non_negative_float = _float_where(lambda v: 0 <= v < float("inf"), "a finite number >= 0")
-unit_interval = _float_where(lambda v: 0.0 <= v <= 1.0, "between 0 and 1 (inclusive)")
 
 
 def label_sep(text: str) -> str:
@@ -342,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipe = sub.add_parser("pipeline", help="the TFX pipeline (needs the [pipeline] extra)")
     psub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", parser_class=Parser)
     psub.required = True
+    # --min-of1 0 is valid: it blesses any model.
+    unit_interval = _float_where(lambda v: 0.0 <= v <= 1.0, "between 0 and 1 (inclusive)")
     p = psub.add_parser("run", help="run the pipeline locally (LocalDagRunner, Beam)")
     p.add_argument("--data", required=True,
                    help="folder of shards (local, s3:// or gs://): with train/ and test/ "
