@@ -319,16 +319,37 @@ def build_parser() -> Parser:
     pipe = sub.add_parser("pipeline", help="the TFX pipeline (needs the [pipeline] extra)")
     psub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", parser_class=Parser)
     psub.required = True
+    # --min-of1 0 is valid: it blesses any model.
+    unit_interval = _float_where(lambda v: 0.0 <= v <= 1.0, "between 0 and 1 (inclusive)")
     p = psub.add_parser("run", help="run the pipeline locally (LocalDagRunner, Beam)")
     p.add_argument("--data", required=True,
-                   help="folder of shards: with train/ and test/ inside, or one folder to hash-split")
-    p.add_argument("--pipeline-root", required=True)
+                   help="folder of shards (local, s3:// or gs://): with train/ and test/ "
+                        "inside, or one folder to hash-split")
+    p.add_argument("--pipeline-root", required=True, help="artifacts (local, s3:// or gs://)")
     p.add_argument("--serving-dir", required=True, help="pushes to SERVING_DIR/MODEL_NAME/VERSION")
     p.add_argument("--model-name", default="cnnrnn")
+    p.add_argument("--metadata-path", default=None, metavar="FILE",
+                   help="the local ML Metadata SQLite file (default PIPELINE_ROOT/metadata.sqlite;"
+                        " required when PIPELINE_ROOT is s3:// or gs://)")
+    p.add_argument("--schema", default=None, metavar="URI",
+                   help="a curated schema.pbtxt (default: derived from the training labels)")
+    p.add_argument("--train-config", default=None, metavar="FILE",
+                   help="a TrainConfig JSON; the training flags below override its fields")
+    p.add_argument("--model", choices=MODELS, default=None)
+    p.add_argument("--backbone", choices=BACKBONES, default=None)
+    p.add_argument("--image-size", type=positive_int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--label-order", choices=LABEL_ORDERS, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument("--train-steps", type=positive_int, default=None)
     p.add_argument("--eval-steps", type=positive_int, default=None)
-    p.add_argument("--min-of1", type=probability, default=0.1,
-                   help="the Evaluator blesses (and the Pusher pushes) only above this OF1")
+    p.add_argument("--min-of1", type=unit_interval, default=0.1,
+                   help="the Evaluator blesses (and the Pusher pushes) only above this OF1 "
+                        "(0 blesses any model)")
+    p.add_argument("--infra-validator", choices=("docker", "kubernetes"), default=None,
+                   help="add TFX's InfraValidator (TF Serving in Docker or Kubernetes) "
+                        "before the Pusher; off by default")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="a Beam pipeline argument, e.g. --beam-arg=--direct_num_workers=2")
     p.set_defaults(func=cmd_pipeline_run)
@@ -336,6 +357,26 @@ def build_parser() -> Parser:
     p.add_argument("--runner", choices=("kubeflow-v2",), required=True)
     p.add_argument("--image", required=True, help="container image with this package installed")
     p.add_argument("--output", required=True, help="the pipeline definition JSON to write")
+    p.add_argument("--pipeline-root", required=True, help="gs:// or s3:// URI")
+    p.add_argument("--data", required=True, help="gs:// or s3:// data folder (runtime parameter)")
+    p.add_argument("--serving-dir", required=True,
+                   help="gs:// or s3:// serving base (in the push_destination runtime parameter)")
+    p.add_argument("--model-name", default="cnnrnn")
+    p.add_argument("--gpus", type=non_negative_int, default=0,
+                   help="GPUs the Trainer requests")
+    p.add_argument("--gpu-type", default=None,
+                   help="accelerator name (default nvidia.com/gpu; Vertex: e.g. NVIDIA_TESLA_T4)")
+    p.add_argument("--train-config", default=None, metavar="FILE", help="a TrainConfig JSON")
+    p.add_argument("--schema", default=None, metavar="URI",
+                   help="a curated schema.pbtxt (default: derived from the data's training labels)")
+    p.add_argument("--train-steps", type=positive_int, default=None,
+                   help="default of the train_args runtime parameter")
+    p.add_argument("--min-of1", type=unit_interval, default=0.1,
+                   help="blessing threshold (in the eval_config runtime parameter)")
+    p.add_argument("--infra-validator", choices=("docker", "kubernetes"), default=None,
+                   help="add TFX's InfraValidator before the Pusher; off by default")
+    p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                   help="a Beam pipeline argument for the Beam-based components")
     p.set_defaults(func=cmd_pipeline_compile)
 
     from cnnrnn_tf.serving.commands import add_serving_commands

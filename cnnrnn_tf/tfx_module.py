@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 
-from cnnrnn_tf import schema
+from cnnrnn_tf import schema, uri
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,11 @@ def label_vocabulary(transform_output_dir: str):
 
     from cnnrnn_tf.vocabulary import LabelVocabulary
 
+    import tensorflow as tf
+
     path = tft.TFTransformOutput(transform_output_dir).vocabulary_file_by_name(LABEL_VOCAB_NAME)
-    return LabelVocabulary.from_text_file(path)
+    with tf.io.gfile.GFile(path, "r") as f:  # the transform graph may be on s3:// / gs://
+        return LabelVocabulary(tuple(line.rstrip("\n") for line in f if line.strip()))
 
 
 def run_fn(fn_args) -> None:
@@ -96,7 +98,8 @@ def run_fn(fn_args) -> None:
 
     vocab = label_vocabulary(fn_args.transform_output)
     strategy = choose_strategy(custom.get(DEVICES_KEY) or None)
-    model_dir = os.path.join(fn_args.model_run_dir, MODEL_DIR_NAME)
+    uri.ensure_filesystems(fn_args.model_run_dir, fn_args.serving_model_dir)
+    model_dir = uri.join(fn_args.model_run_dir, MODEL_DIR_NAME)
     log.info("run_fn: %d labels, %s, %d replica(s); MODEL_DIR %s", len(vocab),
              type(strategy).__name__, strategy.num_replicas_in_sync, model_dir)
     print(f"cnnrnn run_fn: MODEL_DIR {model_dir} ({type(strategy).__name__}, "
@@ -106,7 +109,10 @@ def run_fn(fn_args) -> None:
                    verbose=2)
     export_saved_model(result.model, vocab, config.image_size, fn_args.serving_model_dir,
                        beam_size=config.beam_size)
-    with open(os.path.join(fn_args.model_run_dir, "run_fn.json"), "w", encoding="utf-8") as f:
+    import tensorflow as tf
+
+    # model_run_dir may be a URI (s3://, gs://): written through tf.io.gfile.
+    with tf.io.gfile.GFile(uri.join(fn_args.model_run_dir, "run_fn.json"), "w") as f:
         json.dump({"model_dir": model_dir, "serving_model_dir": fn_args.serving_model_dir,
                    "strategy": type(strategy).__name__,
                    "replicas": strategy.num_replicas_in_sync,

@@ -1,10 +1,12 @@
 """``cnnrnn pipeline run`` and ``cnnrnn pipeline compile`` (called by cnnrnn_tf.cli)."""
 from __future__ import annotations
 
+import json
 import os
-from typing import Optional
+import sys
+from typing import Any, Dict, Optional
 
-from cnnrnn_tf import schema
+from cnnrnn_tf import schema, uri
 from cnnrnn_tf.config import TrainConfig
 from cnnrnn_tf.errors import InputError
 
@@ -12,22 +14,35 @@ PIPELINE_NAME = "cnnrnn"
 # The Evaluator's value threshold: a model whose OF1 is below this (e.g. one that
 # predicts no labels at all) is not blessed, so the Pusher does not push it.
 DEFAULT_MIN_OF1 = 0.1
+# The training flags `cnnrnn pipeline run` shares with `cnnrnn train` (TrainConfig fields).
+TRAIN_FLAGS = ("model", "backbone", "image_size", "epochs", "label_order", "batch_size", "seed")
 
 
 def detect_split(data: str) -> str:
-    """"presplit" (train/ and test/ folders of shards) or "hash" (one folder of shards)."""
+    """"presplit" (train/ and test/ folders of shards) or "hash" (one folder of shards).
+
+    ``data`` may be a URI; it is read through ``tf.io.gfile``.
+    """
+    import tensorflow as tf
+
     if not data:
         raise InputError("--data: no folder given")
-    if not os.path.exists(data):
+    try:
+        exists = tf.io.gfile.exists(data)
+        is_dir = exists and tf.io.gfile.isdir(data)
+        train, test = uri.join(data, "train"), uri.join(data, "test")
+        has_train, has_test = tf.io.gfile.isdir(train), tf.io.gfile.isdir(test)
+    except tf.errors.OpError as exc:
+        raise uri.storage_error(data, exc, "--data cannot be read") from None
+    if not exists:
         raise InputError(f"--data {data}: folder does not exist")
-    if not os.path.isdir(data):
+    if not is_dir:
         raise InputError(f"--data {data}: not a folder")
-    train, test = os.path.join(data, "train"), os.path.join(data, "test")
-    if os.path.isdir(train) or os.path.isdir(test):
-        for sub in (train, test):
-            if not os.path.isdir(sub):
-                raise InputError(f"--data {data}: has {os.path.basename(train if sub == test else test)}/"
-                                 f" but no {os.path.basename(sub)}/ folder")
+    if has_train or has_test:
+        for sub, ok, other in ((train, has_train, test), (test, has_test, train)):
+            if not ok:
+                raise InputError(f"--data {data}: has {uri.basename(other)}/"
+                                 f" but no {uri.basename(sub)}/ folder")
             schema.list_shards(sub)  # raises InputError naming the folder
         return "presplit"
     try:
@@ -37,6 +52,78 @@ def detect_split(data: str) -> str:
             f"--data {data}: neither train/ and test/ folders nor {schema.SHARD_GLOB} "
             "shards in this folder") from None
     return "hash"
+
+
+def check_paths(**flags: Optional[str]) -> Dict[str, str]:
+    """``{flag: path}`` made absolute (URIs unchanged); InputError for an empty one or an
+    unknown scheme. Loads the file system of every scheme used (tensorflow-io for s3://)."""
+    out = {}
+    for flag, path in flags.items():
+        name = "--" + flag.replace("_", "-")
+        if not path:
+            raise InputError(f"{name}: no folder given")
+        try:
+            out[flag] = uri.absolute(path)
+        except InputError as exc:
+            raise InputError(f"{name} {exc}") from None
+    uri.ensure_filesystems(*out.values())
+    return out
+
+
+def check_bucket(path: str, flag: str) -> None:
+    """For a URI: its bucket exists and the credentials may list it (nothing is written)."""
+    if not uri.is_remote(path) or uri.scheme(path) == "ram":
+        return
+    import tensorflow as tf
+
+    bucket = path[:path.index("://") + 3] + path.split("://", 1)[1].split("/", 1)[0] + "/"
+    try:  # (tensorflow-io's S3 needs the trailing slash to see a bucket as a folder)
+        if not tf.io.gfile.isdir(bucket):
+            hint = ("the bucket name, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_REGION and "
+                    "AWS_ENDPOINT_URL" if uri.scheme(path) == "s3" else
+                    "the bucket name and the application default credentials")
+            raise InputError(f"--{flag} {path}: bucket {bucket} does not exist or cannot be "
+                             f"reached (check {hint})")
+        tf.io.gfile.listdir(bucket)
+    except tf.errors.OpError as exc:
+        raise uri.storage_error(path, exc, f"--{flag}: bucket {bucket} cannot be listed") from None
+
+
+def train_config_from_args(args) -> TrainConfig:
+    """``--train-config FILE`` (a TrainConfig JSON; may be a URI), then the training flags
+    that were given on top of it (``cnnrnn train``'s names and meanings)."""
+    fields: Dict[str, Any] = {}
+    path = getattr(args, "train_config", None)
+    if path:
+        import tensorflow as tf
+
+        uri.ensure_filesystem(path)
+        try:
+            with tf.io.gfile.GFile(path, "r") as f:
+                fields = json.load(f)
+        except tf.errors.OpError as exc:
+            raise uri.storage_error(path, exc, "--train-config cannot be read") from None
+        except ValueError as exc:
+            raise InputError(f"--train-config {path}: not JSON ({exc})") from None
+        if not isinstance(fields, dict):
+            raise InputError(f"--train-config {path}: expected a JSON object of TrainConfig fields")
+    for key in TRAIN_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            fields[key] = value
+    try:
+        return TrainConfig.from_dict(fields)
+    except InputError as exc:
+        raise InputError(f"--train-config {path}: {exc}" if path else str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"--train-config {path}: {exc}" if path else f"training flags: {exc}") from None
+
+
+def _model_name(args) -> str:
+    model_name = getattr(args, "model_name", None) or "cnnrnn"
+    if "/" in model_name or os.sep in model_name or model_name in (".", ".."):
+        raise InputError(f"--model-name {model_name!r}: must be a plain folder name")
+    return model_name
 
 
 def _anomaly_message(exc: BaseException) -> Optional[str]:
@@ -75,32 +162,45 @@ def format_summary(summary) -> str:
 
 
 def run_command(args) -> int:
-    split = detect_split(args.data)
-    if not args.pipeline_root:
-        raise InputError("--pipeline-root: no folder given")
-    if not args.serving_dir:
-        raise InputError("--serving-dir: no folder given")
-    model_name = getattr(args, "model_name", None) or "cnnrnn"
-    if os.sep in model_name or model_name in (".", ".."):
-        raise InputError(f"--model-name {model_name!r}: must be a plain folder name")
+    paths = check_paths(data=args.data, pipeline_root=args.pipeline_root,
+                        serving_dir=args.serving_dir)
+    metadata_file = getattr(args, "metadata_path", None)
+    if metadata_file:
+        if uri.is_remote(metadata_file):
+            raise InputError(f"--metadata-path {metadata_file}: must be a local file "
+                             "(ML Metadata is SQLite; it cannot live in an object store)")
+        metadata_file = os.path.abspath(metadata_file)
+    elif uri.is_remote(paths["pipeline_root"]):
+        raise InputError(f"--pipeline-root {paths['pipeline_root']} is remote: give "
+                         "--metadata-path FILE, a local SQLite file for ML Metadata")
+    model_name = _model_name(args)
+    config = train_config_from_args(args)
+    for flag in ("pipeline_root", "serving_dir"):
+        check_bucket(paths[flag], flag.replace("_", "-"))
+    split = detect_split(paths["data"])
+    schema_uri = getattr(args, "schema", None)
+    if schema_uri:
+        uri.ensure_filesystem(schema_uri)
     from cnnrnn_pipeline import local_runner, results
 
-    pipeline_root = os.path.abspath(args.pipeline_root)
+    pipeline_root = paths["pipeline_root"]
+    metadata_file = metadata_file or local_runner.metadata_path(pipeline_root)
     try:
         local_runner.run(
-            PIPELINE_NAME, pipeline_root, os.path.abspath(args.data),
-            os.path.abspath(args.serving_dir), split=split, model_name=model_name,
-            train_config=TrainConfig().to_dict(),
+            PIPELINE_NAME, pipeline_root, paths["data"], paths["serving_dir"], split=split,
+            model_name=model_name, train_config=config.to_dict(),
             min_of1=getattr(args, "min_of1", DEFAULT_MIN_OF1),
             train_steps=getattr(args, "train_steps", None),
             eval_steps=getattr(args, "eval_steps", None),
-            beam_pipeline_args=list(getattr(args, "beam_arg", None) or []))
+            beam_pipeline_args=list(getattr(args, "beam_arg", None) or []),
+            metadata_file=metadata_file, schema_uri=schema_uri,
+            infra_validator=getattr(args, "infra_validator", None))
     except Exception as exc:  # noqa: BLE001 - anomalies become a one-line input error
         message = _anomaly_message(exc)
         if message:
             raise InputError(f"{args.data}: {message}; nothing was trained or pushed") from None
         raise
-    summary = results.summarize(local_runner.metadata_path(pipeline_root), PIPELINE_NAME)
+    summary = results.summarize(metadata_file, PIPELINE_NAME)
     print(format_summary(summary), flush=True)
     return 0
 
@@ -112,19 +212,43 @@ def compile_command(args) -> int:
         raise InputError("--image: no container image given")
     if not args.output:
         raise InputError("--output: no file given")
+    if uri.is_remote(args.output):
+        raise InputError(f"--output {args.output}: must be a local file")
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise InputError(f"--output {args.output}: folder {folder} does not exist")
-    from cnnrnn_pipeline.kubeflow_v2_runner import compile_pipeline
+    paths = check_paths(data=getattr(args, "data", None),
+                        pipeline_root=getattr(args, "pipeline_root", None),
+                        serving_dir=getattr(args, "serving_dir", None))
+    for flag, path in paths.items():
+        if not uri.is_remote(path):
+            print(f"warning: --{flag.replace('_', '-')} {path} is a local path; the pipeline's "
+                  "workers must be able to read it (use gs:// or s3://)", file=sys.stderr)
+    model_name = _model_name(args)
+    config = train_config_from_args(args)
+    gpus = int(getattr(args, "gpus", 0) or 0)
+    check_bucket(paths["pipeline_root"], "pipeline-root")
+    split = detect_split(paths["data"])
+    from cnnrnn_pipeline.curated_schema import copy_schema, write_schema
+    from cnnrnn_pipeline.kubeflow_v2_runner import DEFAULT_GPU_TYPE, compile_pipeline
+    from cnnrnn_pipeline.pipeline import TRAIN_DIR
 
-    # --pipeline-root / --data / --serving-dir / --model-name are optional (gs:// paths
-    # the workers can read); without them the JSON holds gs://BUCKET placeholders.
-    paths = {key: getattr(args, key) for key in ("pipeline_root", "data_root", "serving_dir")
-             if getattr(args, key, None)}
-    if getattr(args, "data", None):
-        paths["data_root"] = args.data
+    # The label domain comes from the user's data (or --schema), written next to the
+    # pipeline's artifacts where every worker can read it.
+    if getattr(args, "schema", None):
+        uri.ensure_filesystem(args.schema)
+        schema_path = copy_schema(args.schema, paths["pipeline_root"])
+    else:
+        train_data = uri.join(paths["data"], TRAIN_DIR) if split == "presplit" else paths["data"]
+        schema_path = write_schema(train_data, paths["pipeline_root"])
     compile_pipeline(args.output, args.image, pipeline_name=PIPELINE_NAME,
-                     model_name=getattr(args, "model_name", None) or "cnnrnn",
-                     train_config=TrainConfig().to_dict(), **paths)
-    print(f"wrote {args.output}")
+                     pipeline_root=paths["pipeline_root"], data_root=paths["data"],
+                     serving_dir=paths["serving_dir"], schema_path=schema_path, split=split,
+                     model_name=model_name, train_config=config.to_dict(),
+                     train_steps=getattr(args, "train_steps", None),
+                     min_of1=getattr(args, "min_of1", DEFAULT_MIN_OF1), gpus=gpus,
+                     gpu_type=getattr(args, "gpu_type", None) or DEFAULT_GPU_TYPE,
+                     infra_validator=getattr(args, "infra_validator", None),
+                     beam_pipeline_args=list(getattr(args, "beam_arg", None) or []))
+    print(f"wrote {args.output} (schema {schema_path})")
     return 0

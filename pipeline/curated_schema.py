@@ -19,6 +19,10 @@ A label that occurs in the eval split but not in the training split is then an
 ``ENUM_TYPE_UNEXPECTED_STRING_VALUES`` anomaly; a missing ``image/labels`` is a
 ``FEATURE_TYPE_LOW_FRACTION_PRESENT`` anomaly. In hash-split mode (one folder)
 the domain comes from the whole folder.
+
+The pipeline root and the data may be URIs (``s3://``, ``gs://``): the schema is
+read and written through TFX's ``fileio``. :func:`copy_schema` imports a schema the
+user wrote (``--schema URI``) the same way, checked to parse as a Schema proto.
 """
 from __future__ import annotations
 
@@ -26,10 +30,14 @@ import hashlib
 import os
 from typing import Iterable
 
+from tfx.dsl.io import fileio
+
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from cnnrnn_tf import schema as tfexample_schema
+from cnnrnn_tf import uri
+from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.dataset import scan_labels
 
 LABEL_DOMAIN = "labels"
@@ -71,14 +79,45 @@ def write_schema(train_data, out_root: str) -> str:
     """
     stats = scan_labels(train_data, require_labels=False)  # TFDV reports missing labels
     labels = sorted({name for names in stats.label_lists for name in names})
-    text = schema_text(labels)
+    return _write_text(schema_text(labels), out_root)
+
+
+def copy_schema(source: str, out_root: str) -> str:
+    """Copies the user's schema (``--schema``) under ``out_root`` like :func:`write_schema`."""
+    try:
+        with fileio.open(source, "r") as f:
+            text = f.read()
+    except Exception as exc:  # noqa: BLE001 - NotFoundError, permission, endpoint
+        raise uri.storage_error(source, exc, "--schema cannot be read") from None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    try:
+        parsed = text_format.Parse(text, schema_pb2.Schema())
+    except text_format.ParseError as exc:
+        raise InputError(f"--schema {source}: not a Schema text proto ({exc})") from None
+    if not any(f.name == tfexample_schema.LABELS_KEY for f in parsed.feature):
+        raise InputError(f"--schema {source}: has no {tfexample_schema.LABELS_KEY} feature")
+    return _write_text(text, out_root)
+
+
+def _write_text(text: str, out_root: str) -> str:
+    """Writes ``out_root/schema/<content hash>/schema.pbtxt`` once; returns its path.
+
+    Local roots get an atomic rename; on an object store the single PUT of the file is
+    itself atomic, so a reader sees either no schema or the whole one.
+    """
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-    folder = os.path.join(out_root, "schema", digest)
-    path = os.path.join(folder, SCHEMA_FILE)
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+    folder = uri.join(out_root, "schema", digest)
+    path = uri.join(folder, SCHEMA_FILE)
+    if fileio.exists(path):
+        return path
+    fileio.makedirs(folder)
+    if uri.is_remote(path):
+        with fileio.open(path, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
+        return path
+    tmp = path + ".tmp"
+    with fileio.open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
     return path

@@ -3,37 +3,86 @@
 Every component runs in ``image`` (build it from pipeline/Dockerfile: TFX 1.16 +
 this package), so the Trainer's ``run_fn`` and the Evaluator's metrics module
 come from the installed package. The data, pipeline root and serving dir must be
-paths the pipeline's workers can read (``gs://...`` on Vertex). The curated
-schema is the one baked into the image (:data:`IMAGE_SCHEMA`) unless
-``schema_path`` names another (e.g. one ``curated_schema.write_schema`` wrote to GCS).
+URIs the pipeline's workers can read (``gs://`` on Vertex, ``s3://`` on a Kubeflow
+whose artifact store is MinIO or S3).
+
+Runtime parameters (root ``inputDefinitions`` of the JSON, their values in
+``runtimeConfig.parameters``; override any of them when submitting the run):
+
+* ``data_root`` (string): the data folder ImportExampleGen reads.
+* ``push_destination`` (string, a ``PushDestination`` as JSON):
+  ``{"filesystem": {"baseDirectory": "<serving_dir>/<model_name>"}}``.
+* ``train_args`` (string, a ``TrainArgs`` as JSON): ``{"splits": ["train"], "numSteps": N}``.
+* ``eval_config`` (string, a TFMA ``EvalConfig`` as JSON): holds the blessing
+  threshold (``lowerBound`` of the OF1 ``valueThreshold``).
+
+TFX 1.16 accepts a RuntimeParameter only in place of a whole component parameter,
+so the serving dir, the train steps and the threshold travel inside those three
+JSON values (:func:`runtime_parameter_values` builds them from plain arguments).
+
+The curated schema (its label domain) is written by the caller before compiling
+(``curated_schema.write_schema`` from the user's data, or ``copy_schema`` of
+``--schema``) to the pipeline root, and ImportSchemaGen reads it from there.
+``gpus`` puts a GPU request on the Trainer (a ResourceSpec accelerator in its
+container spec); ``gpu_type`` is the accelerator name your cluster knows
+(``nvidia.com/gpu`` on Kubeflow, e.g. ``NVIDIA_TESLA_T4`` on Vertex AI).
 """
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional
 
+from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-from cnnrnn_pipeline.pipeline import create_pipeline
+from cnnrnn_pipeline.pipeline import (create_pipeline, eval_config, proto_json,
+                                      push_destination, train_args)
 
-# Where pipeline/Dockerfile copies the checked-in schema inside the image.
-IMAGE_SCHEMA = "/opt/cnnrnn/schema.pbtxt"
+DEFAULT_GPU_TYPE = "nvidia.com/gpu"
+PARAMETERS = ("data_root", "push_destination", "train_args", "eval_config")
 
 
-def compile_pipeline(output_file: str, image: str, *, pipeline_name: str = "cnnrnn",
-                     pipeline_root: str = "gs://BUCKET/cnnrnn/pipeline_root",
-                     data_root: str = "gs://BUCKET/cnnrnn/data",
-                     serving_dir: str = "gs://BUCKET/cnnrnn/serving",
-                     schema_path: str = IMAGE_SCHEMA,
+def runtime_parameter_values(data_root: str, serving_dir: str, model_name: str,
+                             train_steps: Optional[int], min_of1: Optional[float]) -> Dict[str, str]:
+    """The values of the runtime parameters for plain arguments (what the JSON holds)."""
+    return {
+        "data_root": data_root,
+        "push_destination": proto_json(push_destination(serving_dir, model_name)),
+        "train_args": proto_json(train_args(train_steps)),
+        "eval_config": proto_json(eval_config(min_of1)),
+    }
+
+
+def trainer_resources(gpus: int, gpu_type: str = DEFAULT_GPU_TYPE):
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+    return spec(accelerator=spec.AcceleratorConfig(type=gpu_type, count=int(gpus)))
+
+
+def compile_pipeline(output_file: str, image: str, *, pipeline_name: str, pipeline_root: str,
+                     data_root: str, serving_dir: str, schema_path: str,
+                     model_name: str = "cnnrnn", train_steps: Optional[int] = None,
+                     min_of1: Optional[float] = None, gpus: int = 0,
+                     gpu_type: str = DEFAULT_GPU_TYPE,
                      beam_pipeline_args: Optional[List[str]] = None,
                      **pipeline_kwargs) -> str:
-    """Writes the pipeline JSON to ``output_file``; returns its path."""
+    """Writes the pipeline JSON to ``output_file`` (a local path); returns its path."""
+    values = runtime_parameter_values(data_root, serving_dir, model_name, train_steps, min_of1)
+    params = {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=str,
+                                                          default=values[name])
+              for name in PARAMETERS}
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(os.path.abspath(output_file)),
         output_filename=os.path.basename(output_file))
-    runner.run(create_pipeline(
-        pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
-        serving_dir=serving_dir, schema_path=schema_path,
-        beam_pipeline_args=beam_pipeline_args, **pipeline_kwargs))
+    pipeline = create_pipeline(
+        pipeline_name=pipeline_name, pipeline_root=pipeline_root,
+        data_root=params["data_root"], serving_dir=serving_dir, model_name=model_name,
+        schema_path=schema_path, beam_pipeline_args=beam_pipeline_args,
+        trainer_resources=trainer_resources(gpus, gpu_type) if gpus else None,
+        runtime_parameters={k: params[k] for k in PARAMETERS if k != "data_root"},
+        for_kubeflow_v2=True,
+        **pipeline_kwargs)
+    runner.run(pipeline, parameter_values=values)
     return output_file

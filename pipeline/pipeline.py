@@ -24,19 +24,26 @@
   lower than the latest blessed model's by more than ``max_of1_decrease``.
 * The Pusher copies a blessed model to ``<serving_dir>/<model_name>/<version>/``
   (the TF Serving layout).
+* Optionally (``infra_validator="docker"`` or ``"kubernetes"``) TFX's stock
+  InfraValidator loads the model in a real TF Serving (a Docker container on this
+  machine, or a pod in the cluster the pipeline runs in) and sends it a few eval
+  examples; the Pusher then also needs its ``infra_blessing``. Off by default.
+* Every path may be a URI (``s3://``, ``gs://``): the components read and write
+  through TFX's ``fileio`` / ``tf.io.gfile``.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
-from cnnrnn_tf import __version__
+from cnnrnn_tf import __version__, uri
 from cnnrnn_tf.export import EVAL_SIGNATURES
 from cnnrnn_tf.tfx_module import TRAIN_CONFIG_KEY, VERSION_KEY
-from cnnrnn_pipeline.components import AnomalyGate
+from cnnrnn_pipeline.components import AnomalyGate, KubeflowInfraValidator
 from cnnrnn_pipeline.curated_schema import TEMPLATE
 from cnnrnn_pipeline.tfma_metrics import metrics_config
 
@@ -46,6 +53,24 @@ PREPROCESSING_FN = "cnnrnn_tf.tfx_module.preprocessing_fn"
 SPLITS = ("presplit", "hash")
 # Folder names inside data_root for split="presplit", and the shard pattern.
 TRAIN_DIR, TEST_DIR, SHARD_PATTERN = "train", "test", "*.tfrecord.gz"
+INFRA_VALIDATORS = ("docker", "kubernetes")
+# The TF Serving image InfraValidator starts (tensorflow/serving:<tag>).
+SERVING_IMAGE_TAG = "2.16.1"
+
+
+def infra_validator_spec(kind: str):
+    """InfraValidator's ServingSpec: TF Serving in local Docker or in Kubernetes."""
+    if kind not in INFRA_VALIDATORS:
+        raise ValueError(f"infra_validator: {kind!r} is not one of {', '.join(INFRA_VALIDATORS)}")
+    platform = ({"local_docker": tfx.proto.LocalDockerConfig()} if kind == "docker" else
+                {"kubernetes": tfx.proto.KubernetesConfig()})
+    return tfx.proto.ServingSpec(
+        tensorflow_serving=tfx.proto.TensorFlowServing(tags=[SERVING_IMAGE_TAG]), **platform)
+
+
+def push_destination(serving_dir: str, model_name: str):
+    return tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+        base_directory=uri.join(serving_dir, model_name)))
 
 
 def example_gen_configs(split: str):
@@ -67,6 +92,17 @@ def example_gen_configs(split: str):
     raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
 
 
+def train_args(train_steps: Optional[int] = None):
+    return tfx.proto.TrainArgs(splits=["train"], num_steps=train_steps)
+
+
+def proto_json(message) -> str:
+    """A proto as the JSON string a RuntimeParameter for it holds."""
+    from google.protobuf import json_format
+
+    return json.dumps(json_format.MessageToDict(message), sort_keys=True)
+
+
 def eval_config(min_of1: Optional[float] = None, min_map: Optional[float] = None,
                 max_of1_decrease: Optional[float] = 1e-10) -> tfma.EvalConfig:
     """TFMA config: the multi-label metrics over the model's eval signatures."""
@@ -83,7 +119,7 @@ def eval_config(min_of1: Optional[float] = None, min_map: Optional[float] = None
 def create_pipeline(
     pipeline_name: str,
     pipeline_root: str,
-    data_root: str,
+    data_root: Union[str, Any],
     serving_dir: str,
     module_file: Optional[str] = None,
     train_config: Optional[Dict[str, Any]] = None,
@@ -98,6 +134,10 @@ def create_pipeline(
     min_map: Optional[float] = None,
     max_of1_decrease: Optional[float] = 1e-10,
     enable_cache: bool = True,
+    infra_validator: Optional[str] = None,
+    trainer_resources=None,
+    runtime_parameters: Optional[Dict[str, Any]] = None,
+    for_kubeflow_v2: bool = False,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline; reads and writes nothing.
 
@@ -112,7 +152,17 @@ def create_pipeline(
     the default data; ``curated_schema.write_schema`` derives one for other data).
     ``min_of1`` / ``min_map`` / ``max_of1_decrease``: the Evaluator's blessing
     thresholds (None switches one off).
+    ``infra_validator``: None (default), ``"docker"`` or ``"kubernetes"``: adds TFX's
+    InfraValidator (TF Serving) between the Evaluator and the Pusher.
+    ``trainer_resources``: a Kubeflow V2 ResourceSpec for the Trainer (GPU request),
+    set with ``with_platform_config``; only the Kubeflow V2 runner reads it.
+    ``runtime_parameters``: ``{"push_destination" | "train_args" | "eval_config":
+    RuntimeParameter}`` (Kubeflow V2 only): those components take the parameter
+    instead of the constant built from the arguments; ``data_root`` may be one too.
+    ``for_kubeflow_v2``: use :class:`~cnnrnn_pipeline.components.KubeflowInfraValidator`
+    (the stock executor under a class the Kubeflow V2 compiler accepts).
     """
+    runtime_parameters = dict(runtime_parameters or {})
     input_config, output_config = example_gen_configs(split)
     example_gen = tfx.components.ImportExampleGen(
         input_base=data_root, input_config=input_config, output_config=output_config)
@@ -136,7 +186,7 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=train_steps),
+        train_args=runtime_parameters.get("train_args") or train_args(train_steps),
         eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=eval_steps),
         custom_config={TRAIN_CONFIG_KEY: dict(train_config or {}), VERSION_KEY: __version__},
     )
@@ -153,20 +203,34 @@ def create_pipeline(
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         example_splits=["eval"],
-        eval_config=eval_config(min_of1, min_map, max_of1_decrease),
+        eval_config=(runtime_parameters.get("eval_config")
+                     or eval_config(min_of1, min_map, max_of1_decrease)),
     )
+    if trainer_resources is not None:
+        trainer.with_platform_config(trainer_resources)
+    validators = []
+    if infra_validator:
+        validator_class = KubeflowInfraValidator if for_kubeflow_v2 else tfx.components.InfraValidator
+        validators.append(validator_class(
+            model=trainer.outputs["model"],
+            examples=example_gen.outputs["examples"],
+            serving_spec=infra_validator_spec(infra_validator),
+            request_spec=tfx.proto.RequestSpec(
+                tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(
+                    signature_names=["serving_default"]),
+                split_name="eval", num_examples=4)))
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(serving_dir, model_name))),
+        infra_blessing=validators[0].outputs["blessing"] if validators else None,
+        push_destination=(runtime_parameters.get("push_destination")
+                          or push_destination(serving_dir, model_name)),
     )
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate,
-                    transform, trainer, model_resolver, evaluator, pusher],
+                    transform, trainer, model_resolver, evaluator, *validators, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args or []),

@@ -200,19 +200,15 @@ def test_run_command_rejects_bad_data_folders(tmp_path):
         run_command(_cli_args(tmp_path, tmp_path / "half"))
 
 
-def test_kubeflow_v2_compile_names_every_component(tmp_path):
+def test_kubeflow_v2_compile_needs_the_data_root_and_serving_dir(tmp_path):
+    # The full compile (runtime parameters, GPU request, order) is in test_pipeline_remote.py.
     from cnnrnn_pipeline.cli import compile_command
 
-    out = tmp_path / "pipeline.json"
     args = argparse.Namespace(runner="kubeflow-v2", image="example.org/cnnrnn:test",
-                              output=str(out))
-    assert compile_command(args) == 0
-    text = out.read_text()
-    spec = json.loads(text)
-    assert spec["pipelineSpec"]["pipelineInfo"]["name"] == "cnnrnn"
-    for name in ALL_NODES:
-        assert name in text, name
-    assert "example.org/cnnrnn:test" in text
+                              output=str(tmp_path / "pipeline.json"))
+    with pytest.raises(InputError, match="--data: no folder given"):
+        compile_command(args)
+    assert not (tmp_path / "pipeline.json").exists()
 
 
 RUN_FN_SCRIPT = textwrap.dedent("""
