@@ -158,7 +158,7 @@ def beam_s3_options(env: Optional[Mapping[str, str]] = None) -> List[str]:
     if endpoint:
         out.append(f"--s3_endpoint_url={endpoint}")
         if endpoint.lower().startswith("http://"):
-            out.append("--s3_disable_ssl=true")
+            out.append("--s3_disable_ssl")  # a bare flag: Beam refuses a value
     for var, flag in (("AWS_ACCESS_KEY_ID", "s3_access_key_id"),
                       ("AWS_SECRET_ACCESS_KEY", "s3_secret_access_key"),
                       ("AWS_SESSION_TOKEN", "s3_session_token")):

@@ -59,8 +59,7 @@ def beam_args(user_args: Optional[List[str]] = None, s3: bool = False) -> List[s
             flag = arg.split("=", 1)[0]
             if flag in given | SECRET_BEAM_OPTIONS:
                 continue
-            # Beam's --s3_disable_ssl is a store_true flag: "--s3_disable_ssl=true" is refused.
-            defaults.append(flag if flag == "--s3_disable_ssl" else arg)
+            defaults.append(arg)
     return defaults + user_args
 
 

@@ -47,7 +47,7 @@ def test_aws_variables_map_to_tensorflow_io_and_beam():
     assert "S3_ENDPOINT" not in uri.s3_environment(dict(env, S3_ENDPOINT="x"))
     assert uri.s3_environment({"AWS_ENDPOINT_URL": "https://minio:9000"})["S3_USE_HTTPS"] == "1"
     assert uri.beam_s3_options(env) == [
-        "--s3_endpoint_url=http://127.0.0.1:9000", "--s3_disable_ssl=true",
+        "--s3_endpoint_url=http://127.0.0.1:9000", "--s3_disable_ssl",
         "--s3_access_key_id=k", "--s3_secret_access_key=s", "--s3_region_name=eu-west-1"]
 
 

@@ -271,10 +271,6 @@ def test_pipeline_end_to_end_on_s3(tmp_path, s3):
     meta = tmp_path / "meta" / "metadata.sqlite"
     proc = _cli(base + ["--data", data, "--serving-dir", f"s3://{s3.bucket}/serving",
                         "--metadata-path", str(meta)], s3, cwd)
-    last = (proc.stderr.strip().splitlines() or [""])[-1]
-    if proc.returncode != 0 and "/Trainer/model_run/" in last:
-        pytest.xfail("cnnrnn_tf.training does not write MODEL_DIR to s3:// yet (the "
-                     "library side of issue 12): " + last)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "blessed: yes" in proc.stdout
     assert _local_files(cwd) == []
