@@ -163,15 +163,19 @@ def colab_kernel(tmp_path, monkeypatch):
     return python, site(python)
 
 
-def test_finetune_notebook_as_colab_runs_it(tmp_path, monkeypatch):
+def test_finetune_notebook_as_colab_runs_it(workdir, tmp_path, monkeypatch):
     _fashion_or_skip()
+    # Start from the quickstart's model (TF 2.16 / Keras 3.12) when there, as a user who
+    # brings a model to Colab: saves training one here (about a minute on 2 cores).
+    base = workdir / "work" / "quickstart_model"
+    env = {"CNNRNN_NB_MODEL": str(base)} if (base / "model.keras").is_file() else {}
     python, site = colab_kernel(tmp_path, monkeypatch)
     assert subprocess.run([python, "-c", "import cnnrnn_tf"], cwd=tmp_path,
                           capture_output=True).returncode != 0, "cnnrnn_tf is there before the install cell"
     nb = run_notebook("02_finetune_keras.ipynb", tmp_path, monkeypatch, kernel_name="colab",
                       CNNRNN_NB_PACKAGE=f"{REPO}[report]",
                       # the fine-tune quality is checked above; here only that it all runs
-                      CNNRNN_NB_TRAIN="48", CNNRNN_NB_TEST="16", CNNRNN_NB_FT_EPOCHS="1")
+                      CNNRNN_NB_TRAIN="48", CNNRNN_NB_TEST="16", CNNRNN_NB_FT_EPOCHS="1", **env)
     text = text_outputs(nb)
     m = re.search(r"cnnrnn_tf (\S+) from (\S+)", text)
     assert m and m.group(2).startswith(site), text[:3000]  # installed by the notebook's cell
