@@ -271,12 +271,12 @@ from cnnrnn_tf.data import build_fashion_outfits
 from cnnrnn_tf.model_dir import is_model_dir, load_model_dir
 from cnnrnn_tf.training import train
 
-OUTFITS = os.path.join(WORK, "outfits")
+OUTFITS = os.path.join(WORK, "outfits")  # the default data: for the base model, the demo CSV
+if (not BASE_MODEL or not CSV_TRAIN) and not os.path.isdir(os.path.join(OUTFITS, "train")):
+    build_fashion_outfits(OUTFITS, num_train=N_TRAIN, num_test=N_TEST, seed=0,
+                          source_dir=FASHION_MNIST, progress=False)
 if not BASE_MODEL:
     BASE_MODEL = os.path.join(WORK, "base_model")
-    if not os.path.isdir(os.path.join(OUTFITS, "train")):
-        build_fashion_outfits(OUTFITS, num_train=N_TRAIN, num_test=N_TEST, seed=0,
-                              source_dir=FASHION_MNIST, progress=False)
     if not is_model_dir(BASE_MODEL):
         train(TrainConfig(image_size=IMAGE_SIZE, epochs=EPOCHS), os.path.join(OUTFITS, "train"),
               os.path.join(OUTFITS, "test"), BASE_MODEL, verbose=2)
