@@ -53,7 +53,7 @@ run: venv data
 # --- tests -------------------------------------------------------------
 # The whole suite on the pinned TFX stack, then the core tests on the newest
 # TensorFlow / Keras (mk/core-latest.mk), as CI runs them.
-test: venv data
+test: venv data venv-colab
 	$(PY) -m pytest -n 2 --dist loadfile tests $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-core-latest
 

@@ -11,6 +11,9 @@ import re
 from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
+# The project's public repository: notebooks/build_notebooks.py reads this line for the
+# notebooks' default install source and their "Open in Colab" links.
+REPO_URL = "https://github.com/cnnrnn-tf/cnnrnn_tf"
 VERSION = re.search(
     r'__version__ = "([^"]+)"', (HERE / "cnnrnn_tf" / "__init__.py").read_text()
 ).group(1)
@@ -52,6 +55,8 @@ setup(
     ),
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    url=REPO_URL,
+    project_urls={"Source": REPO_URL, "Notebooks": REPO_URL + "/tree/main/notebooks"},
     license="Apache-2.0",
     python_requires=">=3.10",
     # The folder `pipeline/` ships as the package `cnnrnn_pipeline`: see BUILD.md

@@ -1,30 +1,50 @@
-# The core library on the newest TensorFlow / Keras (Python 3.11, no TFX).
+# The core library on the newest TensorFlow / Keras, on Python 3.12 (Colab's Python), no TFX.
 # Included from the Makefile:  include mk/core-latest.mk  (uses its `data` target)
 #
 #   make test-core-latest    create .venv-tf-latest if missing, run the core tests there
-#   make lock-core-latest    re-resolve requirements/lock-py311-tf-latest.txt
+#   make lock-core-latest    re-resolve requirements/lock-py312-tf-latest.txt and the Colab base
+#   make venv-colab          .venv-colab: a Colab-like base only (tensorflow, matplotlib, pandas,
+#                            ipykernel; no cnnrnn-tf) for tests/test_notebooks.py
 #
 # The TFX stack pins TensorFlow 2.16 (see BUILD.md); this target checks that
 # `pip install cnnrnn-tf` alone works on current TensorFlow, as in Colab.
+# pyenv's 3.12.1 is found through .python-version; uv never downloads a Python.
 
-CORE_LATEST_PYTHON ?= 3.11
+CORE_LATEST_PYTHON ?= 3.12
 CORE_LATEST_VENV ?= .venv-tf-latest
 CORE_LATEST_PY := $(CORE_LATEST_VENV)/bin/python
-CORE_LATEST_LOCK := requirements/lock-py311-tf-latest.txt
+CORE_LATEST_LOCK := requirements/lock-py312-tf-latest.txt
 CORE_LATEST_TESTS ?= tests/test_models.py tests/test_beam_search.py tests/test_metrics.py \
 	tests/test_dataset.py tests/test_encoders.py tests/test_training_export.py \
 	tests/test_cli.py $(wildcard tests/test_data_*.py) tests/test_finetune.py tests/test_report.py
+COLAB_VENV ?= .venv-colab
+COLAB_LOCK := requirements/lock-py312-colab.txt
 
-.PHONY: test-core-latest lock-core-latest venv-core-latest
+# (re)creates venv $(1) on Python $(2) unless it is there with that Python (an older
+# .venv-tf-latest was Python 3.11)
+define make_venv
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(1)/bin/python -c 'import sys; sys.exit(sys.version.split(".")[:2] != "$(2)".split("."))' 2>/dev/null \
+	  || { rm -rf $(1) && UV_PYTHON_DOWNLOADS=never uv venv --seed --python $(2) $(1); }
+endef
+
+.PHONY: test-core-latest lock-core-latest venv-core-latest venv-colab
 
 $(CORE_LATEST_VENV)/.installed: $(CORE_LATEST_LOCK) setup.py
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	@test -x $(CORE_LATEST_PY) || uv venv --seed --python $(CORE_LATEST_PYTHON) $(CORE_LATEST_VENV)
+	$(call make_venv,$(CORE_LATEST_VENV),$(CORE_LATEST_PYTHON))
 	uv pip install --python $(CORE_LATEST_PY) -r $(CORE_LATEST_LOCK)
 	uv pip install --python $(CORE_LATEST_PY) --no-deps -e .
 	@touch $@
 
+# No `-e .` here: the notebook's install cell must be what installs the package.
+$(COLAB_VENV)/.installed: $(COLAB_LOCK)
+	$(call make_venv,$(COLAB_VENV),$(CORE_LATEST_PYTHON))
+	uv pip install --python $(COLAB_VENV)/bin/python -r $(COLAB_LOCK)
+	@touch $@
+
 venv-core-latest: $(CORE_LATEST_VENV)/.installed
+
+venv-colab: $(COLAB_VENV)/.installed
 
 test-core-latest: venv-core-latest data
 	$(CORE_LATEST_PY) -m pytest -p no:xdist $(CORE_LATEST_TESTS) $(PYTEST_ARGS)
@@ -32,3 +52,5 @@ test-core-latest: venv-core-latest data
 lock-core-latest:
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	uv pip compile --python-version $(CORE_LATEST_PYTHON) requirements/core-latest.in -o $(CORE_LATEST_LOCK)
+	uv pip compile --python-version $(CORE_LATEST_PYTHON) requirements/colab.in \
+	  -c $(CORE_LATEST_LOCK) -o $(COLAB_LOCK)

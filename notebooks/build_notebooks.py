@@ -5,11 +5,14 @@
 The notebooks hold no model code: every cell calls the installed library.
 They are committed without outputs; ``tests/test_notebooks.py`` executes them
 with tiny settings through the ``CNNRNN_NB_*`` environment variables that
-their first code cell reads.
+their parameters cell reads (in Colab the same parameters are form fields).
+In Colab, the install cell pip-installs ``PACKAGE`` (default: the project's
+public repository, ``REPO_URL`` in setup.py).
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import nbformat
@@ -17,6 +20,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+with open(os.path.join(os.path.dirname(HERE), "setup.py"), encoding="utf-8") as _f:
+    REPO_URL = re.search(r'^REPO_URL = "([^"]+)"$', _f.read(), re.M).group(1)
+PACKAGE = f"cnnrnn-tf[report] @ git+{REPO_URL}"
 
 
 def md(text: str):
@@ -25,6 +31,63 @@ def md(text: str):
 
 def code(text: str):
     return new_code_cell(text.strip("\n"))
+
+
+def colab_badge(name: str) -> str:
+    url = f"https://colab.research.google.com/github/{REPO_URL.split('github.com/', 1)[1]}" \
+          f"/blob/main/notebooks/{name}"
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})")
+
+
+def parameters(fields: str, overrides: str):
+    """The parameters cell: Colab form fields, then CNNRNN_NB_* environment overrides."""
+    return code(f"""
+#@title Parameters
+# Colab shows the #@param lines as a form. An environment variable CNNRNN_NB_<NAME>,
+# when set, wins over the field (that is how the tests run this notebook tiny).
+import os
+
+
+def from_env(name, value):
+    text = os.environ.get("CNNRNN_NB_" + name)
+    return value if text is None else type(value)(text)
+
+
+#@markdown Where the install cell installs the library from (any pip requirement:
+#@markdown a git URL, a release, a local path). Used in Colab only.
+PACKAGE = "{PACKAGE}"  #@param {{type:"string"}}
+{fields.strip()}
+
+PACKAGE = from_env("PACKAGE", PACKAGE)
+{overrides.strip()}
+""")
+
+
+INSTALL = code("""
+#@title Install the library (in Colab)
+import importlib
+import subprocess
+import sys
+
+try:
+    import google.colab  # noqa: F401  (only importable in Colab)
+    IN_COLAB = True
+except ImportError:
+    IN_COLAB = False
+
+# Elsewhere the library is assumed to be installed already (`make venv` in the repository).
+if IN_COLAB:
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE],
+                         capture_output=True, text=True)
+    print(pip.stdout + pip.stderr)
+    if pip.returncode:
+        raise RuntimeError(f"pip install {PACKAGE!r} failed (exit {pip.returncode}); see above")
+    importlib.invalidate_caches()
+
+import cnnrnn_tf
+
+print("cnnrnn_tf", cnnrnn_tf.__version__, "from", os.path.dirname(cnnrnn_tf.__file__))
+""")
 
 
 QUICKSTART = [
@@ -36,19 +99,29 @@ image, an LSTM walks a path of labels, and a beam search decodes the label **set
 
 This notebook builds the default data set (Fashion-MNIST outfit scenes), trains a small
 CNN-RNN, and looks at its predictions. All code lives in the `cnnrnn_tf` library; the cells
-only call it. The settings below can be overridden with environment variables
-(`CNNRNN_NB_TRAIN=200 CNNRNN_NB_EPOCHS=1 ...`) to run it tiny.
+only call it. The settings below are form fields in Colab; environment variables
+(`CNNRNN_NB_TRAIN=200 CNNRNN_NB_EPOCHS=1 ...`) override them to run it tiny.
+
+""" + colab_badge("01_quickstart.ipynb") + """
 """),
+    parameters("""
+N_TRAIN = 3000  #@param {type:"integer"}
+N_TEST = 500  #@param {type:"integer"}
+EPOCHS = 10  #@param {type:"integer"}
+IMAGE_SIZE = 64  #@param {type:"integer"}
+WORK = "cnnrnn_work"  #@param {type:"string"}
+#@markdown Fashion-MNIST IDX folder; empty: Debian's package when installed, else a Keras download.
+FASHION_MNIST = ""  #@param {type:"string"}
+""", """
+N_TRAIN = from_env("TRAIN", N_TRAIN)    # training scenes
+N_TEST = from_env("TEST", N_TEST)       # test scenes
+EPOCHS = from_env("EPOCHS", EPOCHS)
+IMAGE_SIZE = from_env("IMAGE_SIZE", IMAGE_SIZE)
+WORK = from_env("WORK", WORK)           # everything is written here
+FASHION_MNIST = from_env("FASHION_MNIST", FASHION_MNIST) or None
+"""),
+    INSTALL,
     code("""
-import os
-
-N_TRAIN = int(os.environ.get("CNNRNN_NB_TRAIN", 3000))      # training scenes
-N_TEST = int(os.environ.get("CNNRNN_NB_TEST", 500))         # test scenes
-EPOCHS = int(os.environ.get("CNNRNN_NB_EPOCHS", 10))
-IMAGE_SIZE = int(os.environ.get("CNNRNN_NB_IMAGE_SIZE", 64))
-WORK = os.environ.get("CNNRNN_NB_WORK", "cnnrnn_work")      # everything is written here
-FASHION_MNIST = os.environ.get("CNNRNN_NB_FASHION_MNIST")   # IDX folder; None: the default
-
 DATA = os.path.join(WORK, "outfits")
 MODEL_DIR = os.path.join(WORK, "quickstart_model")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -142,8 +215,7 @@ FINETUNE = [
     md("""
 # Fine-tune a CNN-RNN on your own labels, export for TF Serving
 
-[Open in Colab](https://colab.research.google.com/) (upload this notebook, or open it from
-the repository on GitHub).
+""" + colab_badge("02_finetune_keras.ipynb") + """
 
 1. Install the library (in Colab) and load a trained model (or train a tiny one).
 2. Fine-tune it on **your CSV data set** (`image,labels` with labels joined by `|`), which
@@ -154,36 +226,40 @@ the repository on GitHub).
 Without a CSV of your own, the notebook makes a demo one: outfit scenes, half of them with a
 yellow frame and the **new** label `framed`.
 """),
-    code("""
-import subprocess
-import sys
-
-# In Colab, install the library; elsewhere it is assumed to be installed already
-# (pip install 'cnnrnn-tf[report]', or `make venv` in the repository).
-PACKAGE = "cnnrnn-tf[report]"  # or "cnnrnn-tf[report] @ git+https://github.com/<you>/cnnrnn_tf"
-if "google.colab" in sys.modules:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", PACKAGE])
+    parameters("""
+#@markdown Your data: a CSV with columns image,labels (image paths relative to the CSV);
+#@markdown empty: make the demo CSV.
+CSV_TRAIN = ""  #@param {type:"string"}
+CSV_TEST = ""  #@param {type:"string"}
+LABEL_SEP = "|"  #@param {type:"string"}
+#@markdown A trained model folder to start from; empty: train a small one on the default data.
+BASE_MODEL = ""  #@param {type:"string"}
+N_TRAIN = 2000  #@param {type:"integer"}
+N_TEST = 400  #@param {type:"integer"}
+EPOCHS = 8  #@param {type:"integer"}
+FT_EPOCHS = 6  #@param {type:"integer"}
+FT_BATCH_SIZE = 16  #@param {type:"integer"}
+FT_LEARNING_RATE = 1e-3  #@param {type:"number"}
+IMAGE_SIZE = 64  #@param {type:"integer"}
+WORK = "cnnrnn_work"  #@param {type:"string"}
+FASHION_MNIST = ""  #@param {type:"string"}
+""", """
+CSV_TRAIN = from_env("CSV_TRAIN", CSV_TRAIN)
+CSV_TEST = from_env("CSV_TEST", CSV_TEST)
+LABEL_SEP = from_env("LABEL_SEP", LABEL_SEP)
+BASE_MODEL = from_env("MODEL", BASE_MODEL)
+N_TRAIN = from_env("TRAIN", N_TRAIN)
+N_TEST = from_env("TEST", N_TEST)
+EPOCHS = from_env("EPOCHS", EPOCHS)                  # base model, if trained here
+FT_EPOCHS = from_env("FT_EPOCHS", FT_EPOCHS)         # fine-tuning
+FT_BATCH_SIZE = from_env("FT_BATCH_SIZE", FT_BATCH_SIZE)
+FT_LEARNING_RATE = from_env("FT_LEARNING_RATE", FT_LEARNING_RATE)
+IMAGE_SIZE = from_env("IMAGE_SIZE", IMAGE_SIZE)
+WORK = from_env("WORK", WORK)
+FASHION_MNIST = from_env("FASHION_MNIST", FASHION_MNIST) or None
 """),
+    INSTALL,
     code("""
-import os
-
-# Your data: a CSV with columns image,labels (image paths relative to the CSV).
-CSV_TRAIN = os.environ.get("CNNRNN_NB_CSV_TRAIN", "")   # empty: make the demo CSV
-CSV_TEST = os.environ.get("CNNRNN_NB_CSV_TEST", "")
-LABEL_SEP = os.environ.get("CNNRNN_NB_LABEL_SEP", "|")
-# A trained MODEL_DIR to start from; empty: train a small one on the default data first.
-BASE_MODEL = os.environ.get("CNNRNN_NB_MODEL", "")
-
-N_TRAIN = int(os.environ.get("CNNRNN_NB_TRAIN", 2000))
-N_TEST = int(os.environ.get("CNNRNN_NB_TEST", 400))
-EPOCHS = int(os.environ.get("CNNRNN_NB_EPOCHS", 8))           # base model, if trained here
-FT_EPOCHS = int(os.environ.get("CNNRNN_NB_FT_EPOCHS", 6))     # fine-tuning
-FT_BATCH_SIZE = int(os.environ.get("CNNRNN_NB_FT_BATCH_SIZE", 16))
-FT_LEARNING_RATE = float(os.environ.get("CNNRNN_NB_FT_LEARNING_RATE", 1e-3))
-IMAGE_SIZE = int(os.environ.get("CNNRNN_NB_IMAGE_SIZE", 64))
-WORK = os.environ.get("CNNRNN_NB_WORK", "cnnrnn_work")
-FASHION_MNIST = os.environ.get("CNNRNN_NB_FASHION_MNIST")
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.makedirs(WORK, exist_ok=True)
 %matplotlib inline
@@ -195,12 +271,12 @@ from cnnrnn_tf.data import build_fashion_outfits
 from cnnrnn_tf.model_dir import is_model_dir, load_model_dir
 from cnnrnn_tf.training import train
 
-OUTFITS = os.path.join(WORK, "outfits")
+OUTFITS = os.path.join(WORK, "outfits")  # the default data: for the base model, the demo CSV
+if (not BASE_MODEL or not CSV_TRAIN) and not os.path.isdir(os.path.join(OUTFITS, "train")):
+    build_fashion_outfits(OUTFITS, num_train=N_TRAIN, num_test=N_TEST, seed=0,
+                          source_dir=FASHION_MNIST, progress=False)
 if not BASE_MODEL:
     BASE_MODEL = os.path.join(WORK, "base_model")
-    if not os.path.isdir(os.path.join(OUTFITS, "train")):
-        build_fashion_outfits(OUTFITS, num_train=N_TRAIN, num_test=N_TEST, seed=0,
-                              source_dir=FASHION_MNIST, progress=False)
     if not is_model_dir(BASE_MODEL):
         train(TrainConfig(image_size=IMAGE_SIZE, epochs=EPOCHS), os.path.join(OUTFITS, "train"),
               os.path.join(OUTFITS, "test"), BASE_MODEL, verbose=2)
