@@ -88,8 +88,8 @@ def test_hungarian_equals_scipy_on_thousands_of_random_matrices():
 
     rng = np.random.default_rng(0)
     solve = tf.function(hungarian, jit_compile=True)
-    for n in (1, 2, 3, 5, 16):
-        cost = rng.uniform(0, 10, (1000 if n < 16 else 200, n, n))
+    for n in (1, 3, 5, 16):
+        cost = rng.uniform(0, 10, (1000 if n < 16 else 100, n, n))
         if n == 5:  # ties and large entries, as masked / forced costs give
             cost = np.round(cost) * np.where(rng.random(cost.shape) < 0.1, 1e4, 1.0)
         got = solve(tf.constant(cost)).numpy()
