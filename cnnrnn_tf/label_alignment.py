@@ -12,11 +12,10 @@ to agree with what the model itself predicts:
 * **MLA**: the Hungarian assignment of all n true labels to the n steps, with
   no "keep what was predicted" rule.
 
-The step probabilities p_t and the predictions come from the model run in its
-own predicted-input mode (greedy decoding, feeding back its argmax, END and
-START never chosen, no label twice; see ``CNNRNN.predicted_path``). The aligned
-sequence is then used as the teacher-forced input and target of the gradient
-step (``CNNRNN.train_step``).
+This module is the plain-Python reference (scipy, one row at a time) of the
+alignment. Training uses ``cnnrnn_tf.orderless``: the same rule, in-graph, on the
+probabilities of the training pass itself (the decoder fed its own predictions),
+as the paper's official code does.
 
 Token ids as in ``cnnrnn_tf.vocabulary``: 0 END, 1 START, 2+k label k. Targets
 use the layout of ``cnnrnn_tf.dataset.sequence_targets``: l_1..l_n, END, then

@@ -81,25 +81,109 @@ def tiny_batch(n=8, seed=0):
     return {"images": images, "label_inputs": inputs}, targets
 
 
-def test_align_batch_permutes_each_row_and_matches_the_greedy_path():
-    model = tiny_model("pla")
+def test_hungarian_equals_scipy_on_thousands_of_random_matrices():
+    from scipy.optimize import linear_sum_assignment
+
+    from cnnrnn_tf.orderless import hungarian
+
+    rng = np.random.default_rng(0)
+    solve = tf.function(hungarian, jit_compile=True)
+    for n in (1, 3, 5, 16):
+        cost = rng.uniform(0, 10, (1000 if n < 16 else 100, n, n))
+        if n == 5:  # ties and large entries, as masked / forced costs give
+            cost = np.round(cost) * np.where(rng.random(cost.shape) < 0.1, 1e4, 1.0)
+        got = solve(tf.constant(cost)).numpy()
+        for c, g in zip(cost, got):
+            rows, cols = linear_sum_assignment(c)
+            assert sorted(g.tolist()) == list(range(n))           # a permutation
+            np.testing.assert_allclose(c[np.arange(n), g].sum(), c[rows, cols].sum(),
+                                       rtol=1e-9)
+        if n != 5:  # continuous costs: the optimum is unique, so the assignment is equal
+            want = np.stack([linear_sum_assignment(c)[1] for c in cost])
+            np.testing.assert_array_equal(got, want)
+
+
+def reference_align(targets, logits, keep_predicted):
+    """The plain-Python alignment (scipy) of ``cnnrnn_tf.label_alignment``."""
+    special = np.arange(logits.shape[-1]) < 2
+    steps = targets.shape[1] - 1
+    preds = np.where(special, -1e9, logits[:, :steps]).argmax(-1)
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+        -1, keepdims=True)) - logits.max(-1, keepdims=True)
+    return align_targets(targets, preds, log_probs[:, :steps], keep_predicted)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_in_graph_alignment_equals_the_scipy_reference(keep):
+    from cnnrnn_tf.orderless import align
+
+    rng = np.random.default_rng(1)
+    b, steps, v = 500, 5, 12
+    targets = np.full((b, steps + 1), -1, np.int32)
+    for i in range(b):
+        labels = 2 + rng.permutation(v - 2)[: rng.integers(1, steps + 1)]
+        targets[i, : len(labels)] = labels
+        targets[i, len(labels)] = END_ID
+    logits = rng.normal(0, 2, (b, steps + 1, v)).astype(np.float32)
+    got = tf.function(align, jit_compile=True)(targets, logits, keep).numpy()
+    np.testing.assert_array_equal(got, reference_align(targets, logits, keep))
+
+
+def test_pla_keeps_correctly_predicted_labels_in_place():
+    from cnnrnn_tf.orderless import align
+
+    # steps 0..2; the label argmax is 4 at step 0 (true), 7 at step 1 (false), 2 at step 2.
+    logits = np.full((1, 4, V), -5.0, np.float32)
+    logits[0, 0, 4] = logits[0, 1, 7] = logits[0, 2, 2] = 5.0
+    logits[0, 1, 3] = -9.0  # 3 is expensive at step 1, but it is the only free step
+    targets = np.array([[2, 3, 4, END_ID]], np.int32)
+    np.testing.assert_array_equal(align(targets, logits, True).numpy(), [[4, 3, 2, END_ID]])
+    # MLA moves labels to where they are cheapest as a whole; it may give up a prediction.
+    assert sorted(align(targets, logits, False).numpy()[0, :3].tolist()) == [2, 3, 4]
+
+
+class CountingEncoder(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(4, 3, strides=2, activation="relu")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.calls = tf.Variable(0, trainable=False, dtype="int64")
+
+    def call(self, images, training=None):
+        self.calls.assign_add(1)
+        return self.pool(self.conv(images / 255.0))
+
+
+def test_one_jit_compiled_step_runs_the_encoder_once_and_trains_the_free_running_pass():
+    from cnnrnn_tf import orderless
+
+    keras.utils.set_random_seed(0)
+    encoder = CountingEncoder()
+    model = CNNRNN(encoder, 4, embed_dim=8, lstm_units=16, max_labels=3, beam_size=2,
+                   alignment="pla", label_head="evidence")
     x, y = tiny_batch()
     model(x)
-    tokens, log_probs = model.predicted_path(x["images"], 3)
-    tokens = tokens.numpy()
-    assert ((tokens >= 2) & (tokens < 6)).all()          # labels only
-    assert all(len(set(row)) == 3 for row in tokens)      # no label twice
-    new_x, new_y = model.align_batch((x, tf.constant(y)))
-    new_y = new_y.numpy()
-    for row, old, pred in zip(new_y, y, tokens):
-        assert sorted(row.tolist()) == sorted(old.tolist())    # same labels, END, padding
-        n = int((old >= 2).sum())
-        assert row[n] == END_ID
-        for t in range(n):                                     # PLA keeps right predictions
-            if pred[t] in old[:n]:
-                assert row[t] == pred[t]
-    np.testing.assert_array_equal(new_x["label_inputs"].numpy(),
-                                  np.asarray(inputs_from_targets(new_y)))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=sequence_crossentropy(),
+                  jit_compile=True)
+    assert model.jit_compile
+    before = [w.numpy().copy() for w in model.decoder.trainable_weights]
+    encoder.calls.assign(0)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # one step
+    assert int(encoder.calls.numpy()) == 1                  # traced once, run once: 1 call
+    encoder.calls.assign(0)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert int(encoder.calls.numpy()) == 2                  # one call per step
+    after = [w.numpy() for w in model.decoder.trainable_weights]
+    assert all(not np.allclose(a, b) for a, b in zip(before, after))
+
+    # The loss is the same pass's: its gradient reaches the decoder and the encoder
+    # through the free-running logits, and equals the loss on those logits.
+    x_t = {k: tf.constant(v) for k, v in x.items()}
+    with tf.GradientTape() as tape:
+        logits, aligned, _ = orderless.forward(model, x_t, tf.constant(y), training=True)
+        loss = sequence_crossentropy()(aligned, logits)
+    grads = tape.gradient(loss, model.decoder.trainable_weights + encoder.trainable_weights)
+    assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
 
 
 @pytest.mark.parametrize("alignment", ["pla", "mla"])

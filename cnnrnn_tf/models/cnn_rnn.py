@@ -25,10 +25,9 @@ class CNNRNN(MultiLabelModel):
         max_labels: the longest label path decoded (labels, END excluded).
         beam_size: the default beam size of :meth:`decode`.
         alignment: "none" (train on the dataset's fixed label order), "pla" or
-            "mla": orderless training (Yazici et al., CVPR 2020). Each train / test
-            step first runs the model in predicted-input mode (:meth:`predicted_path`),
-            re-orders every target sequence with ``cnnrnn_tf.label_alignment`` and
-            then takes the usual teacher-forced step on the aligned sequence.
+            "mla": orderless training (Yazici et al., CVPR 2020): each train / test
+            step is ``cnnrnn_tf.orderless`` (one free-running pass, the targets
+            re-ordered from its own probabilities, the loss on its logits).
             ``call`` and ``decode`` are the same in every mode.
         label_head: "none" (the paper's model), "aux" or "evidence". Beyond the paper:
             a per-label linear head on the image features (``label_head``, one logit
@@ -170,69 +169,20 @@ class CNNRNN(MultiLabelModel):
             "probabilities": result["max_probs"][:, NUM_SPECIAL:],
         }
 
-    # ---- orderless training (PLA / MLA) ----------------------------------
-    def predicted_path(self, images, steps):
-        """Greedy decoding in predicted-input mode for ``steps`` label steps.
-
-        END and START are never chosen and no label is chosen twice, so every
-        step predicts a label. Returns (tokens int32 [B, steps], log_probs float32
-        [B, steps, V]); the log-probabilities are over END + the labels not yet on
-        the path. Inference mode (no dropout, BatchNorm statistics), no gradient.
-        """
-        import tensorflow as tf
-
-        features = self.encoder(images, training=False)
-        state = self.start_state(features)
-        num_tokens = self.num_labels + NUM_SPECIAL
-        tokens = ops.full((ops.shape(images)[0],), START_ID, dtype="int32")
-        seen = ops.zeros((ops.shape(images)[0], num_tokens), dtype="bool")
-        special = ops.arange(num_tokens) < NUM_SPECIAL
-        all_tokens, all_log_probs = [], []
-        for _ in range(int(steps)):
-            logits, state = self.step(tokens, state)
-            masked = ops.where(seen | (ops.arange(num_tokens) == START_ID), -1e9, logits)
-            log_probs = ops.log_softmax(masked, axis=-1)
-            choice = ops.where(seen | special, -1e9, logits)
-            tokens = ops.cast(ops.argmax(choice, axis=-1), "int32")
-            seen = seen | ops.cast(ops.one_hot(tokens, num_tokens), "bool")
-            all_tokens.append(tokens)
-            all_log_probs.append(log_probs)
-        tokens = tf.stop_gradient(ops.stack(all_tokens, axis=1))
-        return tokens, tf.stop_gradient(ops.stack(all_log_probs, axis=1))
-
-    def align_batch(self, data):
-        """(inputs, targets) -> the same with targets and label_inputs re-ordered."""
-        import tensorflow as tf
-
-        from cnnrnn_tf.label_alignment import align_targets, inputs_from_targets
-
-        x, y = data[0], data[1]
-        steps = y.shape[1] - 1 if y.shape[1] is not None else self.max_labels
-        tokens, log_probs = self.predicted_path(x["images"], steps)
-        keep = self.alignment == "pla"
-        aligned = tf.numpy_function(
-            lambda t, p, lp: align_targets(t, p, lp, keep).astype(t.dtype),
-            [y, tokens, log_probs], y.dtype, stateful=False)
-        aligned.set_shape(y.shape)
-        x = dict(x, label_inputs=ops.cast(inputs_from_targets(aligned),
-                                          x["label_inputs"].dtype))
-        return (x, aligned) + tuple(data[2:])
-
+    # ---- orderless training (PLA / MLA): a training-step strategy of its own --
     def train_step(self, data):
-        if self.alignment != "none":
-            data = self.align_batch(data)
-        return super().train_step(data)
+        if self.alignment == "none":
+            return super().train_step(data)
+        from cnnrnn_tf import orderless
+
+        return orderless.train_step(self, data)
 
     def test_step(self, data):
-        if self.alignment != "none":
-            data = self.align_batch(data)
-        return super().test_step(data)
+        if self.alignment == "none":
+            return super().test_step(data)
+        from cnnrnn_tf import orderless
 
-    def compile(self, *args, **kwargs):
-        # The alignment runs scipy through tf.numpy_function, which XLA cannot compile.
-        if self.alignment != "none" and kwargs.get("jit_compile", "auto") == "auto":
-            kwargs["jit_compile"] = False
-        return super().compile(*args, **kwargs)
+        return orderless.test_step(self, data)
 
     def get_config(self):
         config = super().get_config()
