@@ -43,10 +43,10 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cnnrnn_tf.losses import PAD_TARGET
-from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID
+from cnnrnn_tf.preprocessor import multi_hot
+from cnnrnn_tf.vocabulary import MASK_LOGIT, NUM_SPECIAL, START_ID
 
-NEG_INF = -1e9
+NEG_INF = MASK_LOGIT
 _CLIP = 1e4   # a masked label's cost (log p near -1e9) is clipped to this
 _BIG = 1e9    # forbidden pairs: larger than any sum of clipped costs (<= 17 * 1e4)
 _INF = 1e18
@@ -208,7 +208,11 @@ def forward(model, x, y, training):
     aux = 0.0
     if model.label_head is not None and model.aux_loss_weight > 0:
         aux_logits = ops.cast(model.label_head(features), "float32")
-        aux = model.aux_loss_weight * model.label_set_loss(y, aux_logits)
+        label_set = x.get("label_set")
+        if label_set is None:  # the targets' labels (cut at max_labels) when not given
+            ids = ops.cast(y, "int32") - NUM_SPECIAL
+            label_set = multi_hot(ops.where(ids >= 0, ids, -1), model.num_labels)
+        aux = model.aux_loss_weight * model.label_set_loss(label_set, aux_logits)
     return logits, aligned, aux
 
 
