@@ -48,7 +48,7 @@ def test_tf_data_signatures_and_predictor_see_identical_pixels(tmp_path):
     assert from_data.dtype == np.float32
     np.testing.assert_array_equal(from_data, np.round(from_data))  # uint8 values
 
-    module = ServingModule(keras.Sequential([keras.layers.Flatten()]), vocab, 32)
+    module = ServingModule(keras.Sequential([keras.layers.Flatten()]), vocab, 32, beam_size=1)
     examples = tf.constant([schema.make_example(b, ["red"]).SerializeToString() for b in blobs])
     from_examples = module._images_from_examples(examples).numpy()
     from_bytes = module.preprocessor.decode_images(tf.constant(blobs)).numpy()
