@@ -349,8 +349,11 @@ for split, path in (("train", CSV_TRAIN), ("test", CSV_TEST)):
 
 `finetune` loads the model, adds the labels of the new training data that it does not know
 (here `framed`) to the vocabulary and the label embedding (existing rows are copied, new rows
-start at the mean label row), orders the vocabulary by frequency in the new data (the paper's
-frequent-first label order) and trains on the new data.
+start at the mean label row) and trains on the new data. By default it keeps the label order
+the model learned and appends new labels after the old ones; here `reorder=True` re-sorts every
+label by its frequency in the new data (the paper's frequent-first order), because `framed` is
+on half of the images, and a frequent label that comes last in every training path is emitted
+only after all the others (with the default, the test saw it on 7 of 16 framed images).
 """),
     code("""
 from cnnrnn_tf.finetune import finetune
@@ -358,7 +361,8 @@ from cnnrnn_tf.finetune import finetune
 TUNED = os.path.join(WORK, "tuned_model")
 if not is_model_dir(TUNED):
     finetune(BASE_MODEL, os.path.join(MY_DATA, "train"), os.path.join(MY_DATA, "test"), TUNED,
-             epochs=FT_EPOCHS, batch_size=FT_BATCH_SIZE, learning_rate=FT_LEARNING_RATE, verbose=2)
+             epochs=FT_EPOCHS, batch_size=FT_BATCH_SIZE, learning_rate=FT_LEARNING_RATE,
+             reorder=True, verbose=2)
 tuned = load_model_dir(TUNED)
 added = [x for x in tuned.vocab.labels if x not in base.vocab.labels]
 print("new labels:", ", ".join(added) or "(none)")
