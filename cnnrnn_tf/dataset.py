@@ -165,13 +165,11 @@ def make_dataset(
     if augmenting:  # one random seed per example, reproducible from ``seed``
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(
             seed=seed, rerandomize_each_iteration=True).batch(2)))
-    else:
-        ds = ds.map(lambda *x: (x, tf.zeros([2], tf.int64)))
+        ds = ds.map(lambda example, aug_seed: (*example, aug_seed))
 
-    def to_model_inputs(example, aug_seed):
-        image, ids, image_id = example
+    def to_model_inputs(image, ids, image_id, aug_seed=None):
         image = tf.cast(image, tf.float32)
-        if augmenting:
+        if aug_seed is not None:
             image = augment_image(image, seed=aug_seed)
         y = tf.ensure_shape(preprocessor.multi_hot(ids), [num_labels])
         if mode == "sequence":
