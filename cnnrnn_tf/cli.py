@@ -73,6 +73,7 @@ def _train_config(args):
         from cnnrnn_tf.config import PAPER_SETTINGS
 
         fields.update(PAPER_SETTINGS)
+    fields.update(decoder=args.decoder, attention_dim=args.attention_dim)
     for key in ("label_head", "aux_loss_weight", "lstm_units", "embed_dim", "dropout",
                 "lr_schedule"):  # None: TrainConfig's default (or the paper's, with --paper)
         if getattr(args, key) is not None:
@@ -114,15 +115,29 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _attention_peak(item) -> str:
+    """', looked at row r col c of h x w': the peak of a label's attention map, if any."""
+    grid = item.get("attention")
+    if grid is None:
+        return ""
+    import numpy as np
+
+    grid = np.asarray(grid)
+    r, c = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    return f", looked at row {r} col {c} of {grid.shape[0]}x{grid.shape[1]}"
+
+
 def cmd_predict(args) -> int:
     from cnnrnn_tf.predictor import Predictor
 
-    predictor = Predictor.from_model_dir(args.model, beam_size=args.beam_size)
+    predictor = Predictor.from_model_dir(args.model, beam_size=args.beam_size,
+                                         attention=args.attention)
     for result in predictor.predict_files(args.images, batch_size=args.batch_size):
         if args.json:
             print(json.dumps(result, ensure_ascii=False), flush=True)
         else:
-            labels = ", ".join(f"{x['label']} ({x['score']:.2f})" for x in result["labels"])
+            labels = ", ".join(f"{x['label']} ({x['score']:.2f}{_attention_peak(x)})"
+                               for x in result["labels"])
             print(f"{result['image']}: {labels or '(no labels)'}", flush=True)
     return 0
 
@@ -218,7 +233,7 @@ def build_parser() -> Parser:
     p.add_argument("--difficult", action="store_true", help="include 'difficult' objects")
     p.set_defaults(func=cmd_data_voc)
 
-    from cnnrnn_tf.config import BACKBONES, LABEL_HEADS, MODELS, OPTIMIZERS
+    from cnnrnn_tf.config import BACKBONES, DECODERS, LABEL_HEADS, MODELS, OPTIMIZERS
     from cnnrnn_tf.vocabulary import LABEL_ORDERS
 
     p = sub.add_parser("train", help="train a model; writes MODEL_DIR")
@@ -247,6 +262,12 @@ def build_parser() -> Parser:
                    help="cnn-rnn: 'evidence' (default) adds a per-label head trained with an "
                         "auxiliary BCE whose logits join the decoder's scores; 'aux' uses it "
                         "for the loss only; 'none' is the paper's model exactly")
+    p.add_argument("--decoder", choices=DECODERS, default="global",
+                   help="cnn-rnn: 'global' (the paper's: one image vector joins every step) or "
+                        "'attention' (each step attends over the encoder's feature map; "
+                        "attention maps with predict --attention and in report)")
+    p.add_argument("--attention-dim", type=positive_int, default=128,
+                   help="cnn-rnn --decoder attention: size of the attention space")
     p.add_argument("--aux-loss-weight", type=non_negative_float, default=None,
                    help="cnn-rnn: weight of that auxiliary BCE (default 1)")
     p.add_argument("--paper", action="store_true",
@@ -287,6 +308,9 @@ def build_parser() -> Parser:
     p = sub.add_parser("predict", help="label sets for image files")
     p.add_argument("--model", required=True)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--attention", action="store_true",
+                   help="--decoder attention models: with --json, each label's attention map "
+                        "(an h x w grid of weights that sums to 1) under 'attention'")
     p.add_argument("--beam-size", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("images", nargs="+", metavar="IMAGE")

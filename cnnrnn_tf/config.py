@@ -12,6 +12,7 @@ MODELS = ("cnn-rnn", "bce", "asl")
 BACKBONES = ("small-cnn", "vgg16", "resnet50", "efficientnet-lite0")
 OPTIMIZERS = ("rmsprop", "adam")
 LABEL_HEADS = ("none", "aux", "evidence")
+DECODERS = ("global", "attention")
 LR_SCHEDULES = ("cosine", "constant")
 # The CNN-RNN of Wang et al. (CVPR 2016) as published: a 64-d label embedding, a 512-unit
 # LSTM, no per-label head, no masking of the labels already on the path in training, no
@@ -44,6 +45,10 @@ class TrainConfig:
     # head trained with an auxiliary BCE (weight aux_loss_weight) whose logits join the
     # decoder's scores; "aux" uses the head for the loss only; "none" is the paper's model.
     label_head: str = "evidence"
+    # CNN-RNN only: "global" (the paper's decoder, one image vector) or "attention"
+    # (each step attends over the encoder's feature map; cnnrnn_tf.models.attention_label_decoder).
+    decoder: str = "global"
+    attention_dim: int = 128
     # Mask the labels already on the path out of later softmaxes in training (as the beam
     # search does when decoding). The paper does not: --paper / --no-mask-seen.
     mask_seen: bool = True
@@ -76,6 +81,10 @@ class TrainConfig:
         _choice("--label-order", self.label_order, LABEL_ORDERS)
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--label-head", self.label_head, LABEL_HEADS)
+        _choice("--decoder", self.decoder, DECODERS)
+        _positive("--attention-dim", self.attention_dim)
+        if self.decoder != "global" and self.model != "cnn-rnn":
+            raise InputError(f"--decoder {self.decoder}: only --model cnn-rnn has a label decoder")
         _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _positive("--image-size", self.image_size, minimum=16)
         if self.image_size > 1024:

@@ -12,6 +12,13 @@ Signatures (names exactly as written; decoding and beam search run in the graph)
 
 L is the model's ``max_labels``.
 
+Models trained with ``--decoder attention`` have one more:
+
+* ``predict_attention``: input ``images`` (as ``predict_images``) -> its three outputs
+  and ``attention`` (float32 [batch, L, h, w]): for each predicted label, the attention
+  map over the encoder's h x w grid of the step that emitted it (sums to 1; zeros
+  for padding).
+
 Two more signatures serve the TFX Evaluator (TFMA), which needs dense
 vocabulary-order vectors for both the label and the prediction:
 
@@ -59,6 +66,11 @@ class ServingModule(tf.Module):
                 tf.constant(list(vocab.labels)), tf.range(len(vocab), dtype=tf.int64)), -1)
         if vocab_file is not None:
             self.vocab_asset = tf.saved_model.Asset(vocab_file)
+        # Only models with attention maps get (and trace) this signature.
+        self.predict_attention = tf.function(
+            self._predict_attention,
+            input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+        ) if model.attends else None
 
     def _decode(self, images):
         """Runs decode(); an empty batch returns empty outputs without running the model."""
@@ -123,8 +135,22 @@ class ServingModule(tf.Module):
         return {"predicted_multi_hot": predicted,
                 "probabilities": tf.cast(out["probabilities"], tf.float32)}
 
+    def _predict_attention(self, images):
+        pixels = self.preprocessor.decode_images(images)
+        outputs, out = self._decode(pixels)
+        grid = tuple(self.model.encoder.output.shape[1:3])
+        maps = tf.cond(
+            tf.shape(pixels)[0] > 0,
+            lambda: tf.cast(self.model.attention_maps(pixels, out["label_ids"]), tf.float32),
+            lambda: tf.zeros((0, self.model.output_length) + grid, tf.float32))
+        return {**outputs, "attention": tf.ensure_shape(
+            maps, (None, self.model.output_length) + grid)}
+
     def signatures(self):
+        extra = ({"predict_attention": self.predict_attention.get_concrete_function()}
+                 if self.predict_attention is not None else {})
         return {
+            **extra,
             "serving_default": self.serve_examples.get_concrete_function(),
             "predict_images": self.predict_images.get_concrete_function(),
             "label_scores": self.label_scores.get_concrete_function(),

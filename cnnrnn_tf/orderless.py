@@ -202,12 +202,12 @@ def free_running_logits(model, features, steps):
 
 def forward(model, x, y, training):
     """One pass: (free-running logits [B, T, V], aligned targets [B, T], aux loss or 0)."""
-    features = model.encoder(x["images"], training=training)
+    features = model.encode(x, training=training)
     logits = free_running_logits(model, features, y.shape[1])
     aligned = align(y, logits, keep_predicted=model.alignment == "pla")
     aux = 0.0
     if model.label_head is not None and model.aux_loss_weight > 0:
-        aux_logits = ops.cast(model.label_head(features), "float32")
+        aux_logits = ops.cast(model.label_head(model.pooled(features)), "float32")
         label_set = x.get("label_set")
         if label_set is None:  # the targets' labels (cut at max_labels) when not given
             ids = ops.cast(y, "int32") - NUM_SPECIAL

@@ -34,32 +34,59 @@ def decode_image_bytes(data: bytes, image_size: int, name: str = "image") -> np.
         raise InputError(f"{name}: not a decodable PNG/JPEG/GIF/BMP image") from None
 
 
-def format_result(name: str, labels: Sequence[str], scores: Sequence[float]) -> Dict:
-    """The JSON line of ``cnnrnn predict --json`` and ``cnnrnn client --json``."""
-    return {"image": name,
-            "labels": [{"label": l, "score": round(float(s), 6)} for l, s in zip(labels, scores)]}
+def format_result(name: str, labels: Sequence[str], scores: Sequence[float],
+                  attention: Optional[Sequence[np.ndarray]] = None) -> Dict:
+    """The JSON line of ``cnnrnn predict --json`` and ``cnnrnn client --json``.
+
+    ``attention``: with ``predict --attention``, one [h, w] map per label (where the
+    attention decoder looked when it emitted the label; rows top to bottom, each map
+    sums to 1), written under the label as ``attention``.
+    """
+    out = [{"label": l, "score": round(float(s), 6)} for l, s in zip(labels, scores)]
+    if attention is not None:
+        for item, grid in zip(out, attention):
+            item["attention"] = np.round(np.asarray(grid, np.float64), 5).tolist()
+    return {"image": name, "labels": out}
 
 
 class Predictor:
-    def __init__(self, model, vocab, image_size: int, beam_size: Optional[int] = None):
+    """Label sets from a model; with ``attention=True`` (a ``--decoder attention`` model)
+    also the attention map of every predicted label."""
+
+    def __init__(self, model, vocab, image_size: int, beam_size: Optional[int] = None,
+                 attention: bool = False, name: str = "the model"):
         self.model = model
         self.vocab = vocab
         self.image_size = int(image_size)
         self._fn = decode_function(model, beam_size)
+        if attention and not model.attends:
+            raise InputError(f"--attention: {name} has no attention maps (it was not trained "
+                             "with --decoder attention)")
+        self.attention = bool(attention)
+        self._maps = tf.function(model.attention_maps) if self.attention else None
 
     @classmethod
-    def from_model_dir(cls, path: str, beam_size: Optional[int] = None) -> "Predictor":
+    def from_model_dir(cls, path: str, beam_size: Optional[int] = None,
+                       attention: bool = False) -> "Predictor":
         loaded = load_model_dir(path)
-        return cls(loaded.model, loaded.vocab, loaded.image_size, beam_size)
+        return cls(loaded.model, loaded.vocab, loaded.image_size, beam_size,
+                   attention=attention, name=path)
 
     def predict_arrays(self, images: np.ndarray) -> List[List[tuple]]:
-        """float32 [B, S, S, 3] pixels -> per image, a list of (label, score)."""
-        out = self._fn(tf.convert_to_tensor(images, tf.float32))
+        """float32 [B, S, S, 3] pixels -> per image, a list of (label, score), or of
+        (label, score, attention map [h, w]) with ``attention``."""
+        images = tf.convert_to_tensor(images, tf.float32)
+        out = self._fn(images)
         ids, scores = out["label_ids"].numpy(), out["scores"].numpy()
+        maps = self._maps(images, out["label_ids"]).numpy() if self.attention else None
         results = []
-        for row_ids, row_scores in zip(ids, scores):
-            results.append([(self.vocab.labels[i], float(s))
-                            for i, s in zip(row_ids, row_scores) if i >= 0])
+        for row, (row_ids, row_scores) in enumerate(zip(ids, scores)):
+            pairs = []
+            for j, (i, s) in enumerate(zip(row_ids, row_scores)):
+                if i >= 0:
+                    pairs.append((self.vocab.labels[i], float(s))
+                                 + (() if maps is None else (maps[row, j],)))
+            results.append(pairs)
         return results
 
     def predict_bytes(self, items: Iterable[tuple], batch_size: int = 32) -> Iterator[Dict]:
@@ -77,7 +104,8 @@ class Predictor:
 
     def _flush(self, names, batch):
         for name, pairs in zip(names, self.predict_arrays(np.stack(batch))):
-            yield format_result(name, [p[0] for p in pairs], [p[1] for p in pairs])
+            yield format_result(name, [p[0] for p in pairs], [p[1] for p in pairs],
+                                [p[2] for p in pairs] if self.attention else None)
 
     def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> Iterator[Dict]:
         # Read and check every file first, so a bad file fails before any output.

@@ -9,6 +9,8 @@
     REPORT_DIR/examples.png         a grid of images: predicted labels (green right, red wrong),
                                     missed true labels in grey
     REPORT_DIR/set_sizes.png        how many labels per image: truth vs predictions
+    REPORT_DIR/attention.png        (--decoder attention models) for the first images, the
+                                    attention map of each predicted label over the image
 
 The folder is written under a temporary name next to REPORT_DIR and renamed when
 complete. An existing REPORT_DIR is replaced when it holds a report written by
@@ -44,12 +46,15 @@ PLOTS = {
     "examples": "examples.png",
     "set_sizes": "set_sizes.png",
 }
+# Written too for models that have attention maps (model.attends).
+ATTENTION_PLOTS = {"attention": "attention.png"}
 CORRECT, WRONG, MISSED = "#1a7f37", "#cf222e", "#8c959f"
 
 __all__ = [
     "write_report", "precision_recall_curve", "cooccurrence_matrix",
     "plot_per_class_ap", "plot_pr_curves", "plot_cooccurrence", "plot_examples",
-    "plot_set_sizes", "plot_predictions", "example_images", "predicted_labels", "figure_to_png",
+    "plot_set_sizes", "plot_predictions", "plot_attention", "plot_attention_maps",
+    "example_images", "predicted_labels", "figure_to_png",
 ]
 
 
@@ -349,6 +354,59 @@ def plot_predictions(preds, data_dir: str, label_names: Sequence[str], count: in
                          ids=preds.ids, columns=columns)
 
 
+def plot_attention(images: Sequence[np.ndarray], predicted: Sequence[Sequence[Any]], maps,
+                   true_labels: Optional[Sequence[Sequence[str]]] = None,
+                   ids: Optional[Sequence[str]] = None):
+    """Where the attention decoder looked for each predicted label.
+
+    One row per image: the image as the model saw it, then, for each predicted label in
+    decoding order, its attention map over the encoder's grid (upsampled, blended over
+    the image), titled with the label and its score (green when true, red when wrong).
+
+    ``images``: [n] arrays [S, S, 3] (uint8 or float in [0, 255]); ``predicted[i]``:
+    (name, score) pairs; ``maps``: [n, L, h, w] (``CNNRNN.attention_maps``).
+    """
+    maps = np.asarray(maps, np.float32)
+    n = len(images)
+    columns = 1 + max([1] + [len(p) for p in predicted])
+    fig = _figure(1.9 * columns, 2.1 * max(n, 1))
+    grid = fig.subplots(max(n, 1), columns, squeeze=False)
+    for ax in grid.ravel():
+        ax.axis("off")
+    for i in range(n):
+        image = np.clip(np.asarray(images[i], np.float32), 0, 255).astype(np.uint8)
+        side = image.shape[0]
+        grid[i, 0].imshow(image, interpolation="nearest")
+        grid[i, 0].set_title(str(ids[i]) if ids is not None else "image", fontsize=8)
+        truth = set(true_labels[i]) if true_labels is not None else None
+        for j, (name, score) in enumerate(predicted[i]):
+            ax = grid[i, j + 1]
+            ax.imshow(image, interpolation="nearest")
+            ax.imshow(maps[i, j], cmap="inferno", alpha=0.55, interpolation="bilinear",
+                      extent=(-0.5, image.shape[1] - 0.5, side - 0.5, -0.5))
+            color = None if truth is None else (CORRECT if name in truth else WRONG)
+            ax.set_title(f"{name} {float(score):.2f}", fontsize=8, color=color)
+    fig.suptitle("Attention: where the decoder looked for each predicted label")
+    return fig
+
+
+def plot_attention_maps(model, preds, data_dir: str, label_names: Sequence[str],
+                        image_size: int, count: int = 8):
+    """:func:`plot_attention` for the first ``count`` images of ``data_dir`` (an attention
+    model; ``preds``: ``cnnrnn_tf.evaluation.predict_dataset`` on the same folder)."""
+    from cnnrnn_tf.preprocessor import Preprocessor
+    from cnnrnn_tf.schema import iter_records
+
+    _, truth = example_images(data_dir, count, ids=preds.ids)
+    preprocessor = Preprocessor(image_size)
+    pixels = [preprocessor.decode_image(tf.constant(r.image)).numpy()
+              for r, _ in zip(iter_records(data_dir), range(len(truth)))]
+    pixels = np.stack(pixels).astype(np.float32)
+    maps = model.attention_maps(pixels, preds.label_ids[:len(pixels)])
+    return plot_attention(pixels, predicted_labels(preds, label_names, len(pixels)),
+                          np.asarray(maps), true_labels=truth, ids=preds.ids)
+
+
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -359,7 +417,8 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100.0 * float(v):.1f}"
 
 
-def _markdown(loaded, data_dir: str, results: Dict[str, Any], beam_size: int) -> str:
+def _markdown(loaded, data_dir: str, results: Dict[str, Any], beam_size: int,
+              plots: Mapping[str, str] = PLOTS) -> str:
     from cnnrnn_tf.metrics import HEADLINE_KEYS
 
     cfg = loaded.config
@@ -405,8 +464,12 @@ def _markdown(loaded, data_dir: str, results: Dict[str, Any], beam_size: int) ->
                      "their scores, green when true, red when wrong; missed true labels in grey."),
         "set_sizes": ("Label set sizes",
                       "How many images have each number of labels, true vs predicted."),
+        "attention": ("Attention maps",
+                      "For the first images: the image as the model sees it, then for each "
+                      "predicted label (decoding order) where the attention decoder looked "
+                      "when it emitted it (bright: high weight). Green: true label, red: wrong."),
     }
-    for key, file in PLOTS.items():
+    for key, file in plots.items():
         title, caption = captions[key]
         lines += ["", f"## {title}", "", caption, "", f"![{title}]({file})"]
     return "\n".join(lines) + "\n"
@@ -475,6 +538,11 @@ def write_report(model_dir: str, data_dir: str, out_dir: str, beam_size: Optiona
         "examples": lambda: plot_predictions(preds, data_dir, names, count=num_examples),
         "set_sizes": lambda: plot_set_sizes(preds.y_true, preds.y_pred),
     }
+    plots = dict(PLOTS)
+    if loaded.model.attends:
+        plots.update(ATTENTION_PLOTS)
+        figures["attention"] = lambda: plot_attention_maps(
+            loaded.model, preds, data_dir, names, loaded.image_size, count=min(num_examples, 8))
 
     parent = uri.dirname(out_dir) or "."
     makedirs(parent)
@@ -482,10 +550,10 @@ def write_report(model_dir: str, data_dir: str, out_dir: str, beam_size: Optiona
     try:
         tf.io.gfile.makedirs(tmp)
         for key, make in figures.items():
-            with tf.io.gfile.GFile(uri.join(tmp, PLOTS[key]), "wb") as f:
+            with tf.io.gfile.GFile(uri.join(tmp, plots[key]), "wb") as f:
                 f.write(figure_to_png(make()))
         with tf.io.gfile.GFile(uri.join(tmp, REPORT_FILE), "w") as f:
-            f.write(_markdown(loaded, data_dir, results, beam))
+            f.write(_markdown(loaded, data_dir, results, beam, plots))
         with tf.io.gfile.GFile(uri.join(tmp, MARKER_FILE), "w") as f:
             f.write("written by cnnrnn report\n")  # not empty: S3 copies refuse empty objects
         if not uri.is_remote(tmp):

@@ -402,3 +402,23 @@ def test_efficientnet_lite0_classifies_a_photo():
     top5 = np.argsort(-logits)[:5]
     # Grace Hopper in navy uniform: 652 military uniform (also suit 834, ties 457/906)
     assert 652 in top5
+
+
+@pytest.mark.parametrize("name, size, grid, depth", [
+    ("small-cnn", 64, 8, 256),           # the last block's grid, before its 2x2 pooling
+    ("efficientnet-lite0", 64, 2, 1280),  # 1/32 of the image
+])
+def test_encoders_expose_their_feature_map_for_attention(name, size, grid, depth):
+    """pooling=None returns the grid that pooling="avg" averages (same weights, same seed)."""
+    import numpy as np
+
+    pooled = build_encoder(name, size, weights=None, seed=3)
+    spatial = build_encoder(name, size, weights=None, seed=3, pooling=None)
+    assert spatial.output.shape[1:] == (grid, grid, depth)
+    images = np.random.RandomState(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    fmap = np.asarray(spatial(images))
+    if name != "small-cnn":  # small-cnn pools 2x2 before averaging: same mean only for EN
+        np.testing.assert_allclose(fmap.mean(axis=(1, 2)), np.asarray(pooled(images)),
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="pooling"):
+        build_encoder(name, size, weights=None, pooling="max")

@@ -261,3 +261,97 @@ def test_classifier_thresholds_per_class_and_round_trip(tmp_path):
     assert loaded.class_thresholds == model.class_thresholds
     np.testing.assert_array_equal(np.asarray(loaded.decode(images)["label_ids"]),
                                   np.asarray(out["label_ids"]))
+
+
+# ---- the attention decoder (--decoder attention) -------------------------------------
+def tiny_map_encoder(size=16, name="tiny_map_encoder"):
+    """A feature-map encoder: [B, 16, 16, 3] -> [B, 4, 4, 6]."""
+    inputs = keras.Input((size, size, 3), name="pixels")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(6, 3, strides=4, padding="same", activation="relu")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def make_attention_cnn_rnn(num_labels=4, max_labels=3, label_head="evidence"):
+    model = CNNRNN(tiny_map_encoder(), num_labels, embed_dim=8, lstm_units=16,
+                   max_labels=max_labels, beam_size=2, decoder="attention", attention_dim=8,
+                   label_head=label_head)
+    inputs = {"images": random_images(2), "label_inputs": np.array([[1, 2, 3, 0], [1, 4, 0, 0]])}
+    model(inputs)
+    return model, inputs
+
+
+def test_attention_decoder_config_round_trip_and_step_matches_teacher_forcing():
+    from cnnrnn_tf.models import AttentionLabelDecoder
+
+    dec = AttentionLabelDecoder(7, attention_dim=6, embed_dim=8, lstm_units=16, mask_seen=False)
+    clone = AttentionLabelDecoder.from_config(dec.get_config())
+    assert clone.get_config() == dec.get_config() and clone.attention_dim == 6
+    feats = np.random.RandomState(0).rand(2, 3, 5, 4).astype("float32")  # a 3x5 grid
+    tokens = np.array([[START_ID, 3, 4, 5], [START_ID, 2, 6, END_ID]])
+    full = np.asarray(dec(feats, tokens))
+    assert full.shape == (2, 4, 7)
+    state = dec.initial_state(feats)
+    for t in range(4):  # one step at a time (T = 1: the shape that once hit a oneDNN bug)
+        logits, state = dec.step(tokens[:, t], state)
+        np.testing.assert_allclose(np.asarray(logits), full[:, t], rtol=1e-5, atol=1e-5)
+    maps = np.asarray(dec.attention_maps(feats, tokens))
+    assert maps.shape == (2, 4, 3, 5)
+    np.testing.assert_allclose(maps.sum(axis=(2, 3)), 1.0, rtol=1e-5)
+
+
+def test_attention_decoder_looks_at_the_image():
+    """The context comes from the attended cells: changing one cell's features changes the
+    scores, and a map concentrated on one cell gives that cell's projected features."""
+    from cnnrnn_tf.models import AttentionLabelDecoder
+
+    dec = AttentionLabelDecoder(6, attention_dim=4, embed_dim=4, lstm_units=8, mask_seen=False)
+    feats = np.random.RandomState(1).rand(1, 2, 2, 3).astype("float32")
+    tokens = np.array([[START_ID, 3]])
+    before = np.asarray(dec(feats, tokens))
+    moved = feats.copy()
+    moved[0, 1, 1] += 5.0
+    assert np.abs(np.asarray(dec(moved, tokens)) - before).max() > 1e-3
+    keys, values, _ = dec.memory(feats)
+    outputs = np.zeros((1, 1, 8), "float32")
+    context, attention = dec.attend(outputs, keys, values)
+    np.testing.assert_allclose(np.asarray(context)[0, 0],
+                               (np.asarray(attention)[0, 0, :, None] * np.asarray(values)[0]).sum(0),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("label_head", ["evidence", "none"])
+def test_attention_cnn_rnn_round_trip_decode_and_fit(tmp_path, label_head):
+    model, inputs = make_attention_cnn_rnn(label_head=label_head)
+    assert model.attends and model.get_config()["decoder"] == "attention"
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(np.asarray(model(inputs)), np.asarray(loaded(inputs)))
+    a, b = model.decode(inputs["images"]), loaded.decode(inputs["images"])
+    for key in a:
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+    ids = np.asarray(a["label_ids"])
+    maps = np.asarray(model.attention_maps(inputs["images"], ids))
+    assert maps.shape == (2, 3, 4, 4)
+    np.testing.assert_allclose(maps.sum(axis=(2, 3)), (ids >= 0).astype("float32"), atol=1e-5)
+    np.testing.assert_array_equal(maps, np.asarray(loaded.attention_maps(inputs["images"], ids)))
+    model.compile(optimizer="rmsprop", loss=sequence_crossentropy())
+    targets = np.array([[2, 3, 0, -1], [4, 0, -1, -1]])
+    before = model.evaluate(inputs, targets, verbose=0)
+    model.fit(inputs, targets, epochs=3, verbose=0)
+    assert model.evaluate(inputs, targets, verbose=0) < before
+
+
+def test_attention_maps_need_the_attention_decoder():
+    model, inputs = make_cnn_rnn()
+    assert not model.attends
+    with pytest.raises(ValueError, match="--decoder attention"):
+        model.attention_maps(inputs["images"], np.zeros((2, 3), "int32"))
+    from cnnrnn_tf.config import TrainConfig
+    from cnnrnn_tf.errors import InputError
+
+    with pytest.raises(InputError, match="--decoder"):
+        TrainConfig(decoder="spatial")
+    with pytest.raises(InputError, match="only --model cnn-rnn"):
+        TrainConfig(model="bce", decoder="attention")

@@ -131,3 +131,57 @@ def test_model_saved_by_a_newer_keras_loads_through_the_weights(trained, tmp_pat
     b = predict_dataset(loaded.model, loaded.vocab, str(root / "test"), 32)
     np.testing.assert_array_equal(a.label_ids, b.label_ids)
     np.testing.assert_allclose(a.y_score, b.y_score, atol=1e-6)
+
+
+def test_attention_model_trains_exports_predicts_and_reports(tmp_path, tiny_data, capsys,
+                                                             trained):
+    """--decoder attention end to end: MODEL_DIR, SavedModel parity (serving_default and
+    the predict_attention signature), `cnnrnn predict --json --attention`, and a report
+    with attention plots."""
+    from cnnrnn_tf.cli import main
+
+    out = str(tmp_path / "attention")
+    result = train(TrainConfig(decoder="attention", attention_dim=8, **TINY),
+                   str(tiny_data / "train"), str(tiny_data / "test"), out, verbose=0)
+    loaded = load_model_dir(out)
+    assert loaded.model.attends and loaded.config.decoder == "attention"
+    records = list(schema.iter_records(str(tiny_data / "test")))[:6]
+    images = tf.constant([r.image for r in records])
+    sm = tf.saved_model.load(os.path.join(out, "saved_model"))
+    served = sm.signatures["predict_attention"](images=images)
+    plain = sm.signatures["predict_images"](images=images)
+    np.testing.assert_array_equal(served["labels"].numpy(), plain["labels"].numpy())
+    keras_preds = predict_dataset(result.model, result.vocab, str(tiny_data / "test"), 32)
+    vocab = result.vocab.labels
+    for row, (labels, count) in enumerate(zip(plain["labels"].numpy(),
+                                              plain["label_count"].numpy())):
+        assert [l.decode() for l in labels[:count]] == [
+            vocab[i] for i in keras_preds.label_ids[row] if i >= 0]
+    maps = served["attention"].numpy()
+    grid = tuple(loaded.model.encoder.output.shape[1:3])
+    assert maps.shape == (6, loaded.model.output_length) + grid
+    counts = served["label_count"].numpy()
+    for row, count in enumerate(counts):
+        np.testing.assert_allclose(maps[row, :count].sum(axis=(1, 2)), 1.0, rtol=1e-4)
+        assert not maps[row, count:].any()
+    empty = sm.signatures["predict_attention"](images=tf.constant([], tf.string))
+    assert empty["attention"].shape[0] == 0
+
+    image_file = tmp_path / "a.png"
+    image_file.write_bytes(records[0].image)
+    assert main(["predict", "--model", out, "--json", "--attention", str(image_file)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(line["labels"]) == counts[0]
+    for j, item in enumerate(line["labels"]):
+        assert np.asarray(item["attention"]).shape == grid
+        np.testing.assert_allclose(item["attention"], maps[0, j], atol=1e-4)
+
+    report = tmp_path / "report"
+    assert main(["report", "--model", out, "--data", str(tiny_data / "test"),
+                 "--out", str(report)]) == 0
+    assert (report / "attention.png").stat().st_size > 1000
+    assert "attention.png" in (report / "report.md").read_text()
+
+    # A global-decoder model has no maps: one clear line, exit code 2.
+    assert main(["predict", "--model", trained[1], "--attention", str(image_file)]) == 2
+    assert "--attention" in capsys.readouterr().err

