@@ -63,6 +63,8 @@ def _train_config(args):
                   epochs=args.epochs, batch_size=args.batch_size, label_order=args.label_order,
                   seed=args.seed, optimizer=args.optimizer, learning_rate=args.learning_rate,
                   beam_size=args.beam_size, max_labels=args.max_labels, augment=args.augment,
+                  crop_scale=args.crop_scale, hflip=args.hflip, ema=args.ema,
+                  label_smoothing=args.label_smoothing, monitor=args.monitor,
                   fine_tune=args.fine_tune, mixed_precision=args.mixed_precision,
                   threshold=args.threshold, threshold_metric=args.threshold_metric,
                   per_class_threshold=args.per_class_threshold,
@@ -233,7 +235,7 @@ def build_parser() -> Parser:
     p.add_argument("--difficult", action="store_true", help="include 'difficult' objects")
     p.set_defaults(func=cmd_data_voc)
 
-    from cnnrnn_tf.config import BACKBONES, DECODERS, LABEL_HEADS, MODELS, OPTIMIZERS
+    from cnnrnn_tf.config import BACKBONES, DECODERS, LABEL_HEADS, MODELS, MONITORS, OPTIMIZERS
     from cnnrnn_tf.vocabulary import LABEL_ORDERS
 
     p = sub.add_parser("train", help="train a model; writes MODEL_DIR")
@@ -286,7 +288,19 @@ def build_parser() -> Parser:
     p.add_argument("--patience", type=non_negative_int, default=None,
                    help="early stopping patience in epochs (default: max(4, epochs/3))")
     p.add_argument("--no-early-stopping", action="store_true")
-    p.add_argument("--augment", action="store_true")
+    p.add_argument("--augment", action="store_true", help="brightness / contrast jitter")
+    p.add_argument("--crop-scale", type=_float_where(lambda v: 0.05 <= v <= 1, "in [0.05, 1]"),
+                   default=None, metavar="MIN",
+                   help="random resized crop of MIN..1 of the image's area (e.g. 0.5)")
+    p.add_argument("--hflip", action="store_true",
+                   help="random horizontal flips (only where a mirrored image keeps its labels)")
+    p.add_argument("--ema", action="store_true",
+                   help="validate, select and export a moving average of the weights")
+    p.add_argument("--label-smoothing", type=_float_where(lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+                   default=0.0)
+    p.add_argument("--monitor", choices=MONITORS, default="val_f1",
+                   help="early stopping / checkpoint selection: decoded validation F1 (mean of "
+                        "CF1 and OF1, default), mAP, or the teacher-forced loss")
     p.add_argument("--fine-tune", action="store_true", help="train a pretrained encoder too")
     p.add_argument("--no-pretrained-weights", action="store_true",
                    help="random init for vgg16/resnet50/efficientnet-lite0")

@@ -13,6 +13,7 @@ BACKBONES = ("small-cnn", "vgg16", "resnet50", "efficientnet-lite0")
 OPTIMIZERS = ("rmsprop", "adam")
 LABEL_HEADS = ("none", "aux", "evidence")
 DECODERS = ("global", "attention")
+MONITORS = ("val_f1", "val_map", "val_loss")
 LR_SCHEDULES = ("cosine", "constant")
 # The CNN-RNN of Wang et al. (CVPR 2016) as published: a 64-d label embedding, a 512-unit
 # LSTM, no per-label head, no masking of the labels already on the path in training, no
@@ -62,7 +63,16 @@ class TrainConfig:
     threshold: Optional[float] = None
     threshold_metric: str = "OF1"
     per_class_threshold: bool = False
-    augment: bool = False
+    augment: bool = False  # colour jitter (brightness / contrast)
+    # The training recipe (the same for every model; see cnnrnn_tf.preprocessing.Augmentation):
+    crop_scale: Optional[float] = None  # random resized crop of crop_scale..1 of the area
+    hflip: bool = False  # random horizontal flip: only where mirroring keeps the labels
+    ema: bool = False  # evaluate, select and export an exponential moving average of the weights
+    label_smoothing: float = 0.0
+    # What early stopping and the checkpoint selection watch: "val_f1" (mean of CF1 and OF1
+    # of the decoded validation sets; thresholds calibrated for BCE / ASL), "val_map", or
+    # "val_loss" (teacher-forced loss, what 0.3.0 used).
+    monitor: str = "val_f1"
     fine_tune: bool = False
     weights: str = "default"
     mixed_precision: bool = False
@@ -107,8 +117,19 @@ class TrainConfig:
         _choice("--threshold-metric", self.threshold_metric, ("OF1", "CF1"))
         if self.threshold is not None and not (0.0 < float(self.threshold) < 1.0):
             raise InputError(f"--threshold: {self.threshold} is not in (0, 1)")
+        if self.crop_scale is not None and not (0.05 <= float(self.crop_scale) <= 1.0):
+            raise InputError(f"--crop-scale: {self.crop_scale} is not in [0.05, 1]")
+        if not (0.0 <= float(self.label_smoothing) < 0.5):
+            raise InputError(f"--label-smoothing: {self.label_smoothing} is not in [0, 0.5)")
+        _choice("--monitor", self.monitor, MONITORS)
         if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
             raise InputError("--patience: must be >= 0")
+
+    def augmentation(self):
+        """The training images' :class:`~cnnrnn_tf.preprocessing.Augmentation`."""
+        from cnnrnn_tf.preprocessing import Augmentation
+
+        return Augmentation(color=self.augment, crop_scale=self.crop_scale, hflip=self.hflip)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

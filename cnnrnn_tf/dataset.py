@@ -9,7 +9,7 @@ import tensorflow as tf
 from cnnrnn_tf import schema
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.uri import ensure_filesystem
-from cnnrnn_tf.preprocessing import augment_image
+from cnnrnn_tf.preprocessing import Augmentation, augment_image
 from cnnrnn_tf.preprocessor import Preprocessor, sequence_targets  # noqa: F401  (re-exported)
 from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
 
@@ -109,7 +109,7 @@ def make_dataset(
     label_order: str = "frequent-first",
     seed: int = 0,
     training: bool = False,
-    augment: bool = False,
+    augment=False,
     cache: bool = True,
     repeat: bool = False,
     with_ids: bool = False,
@@ -127,6 +127,8 @@ def make_dataset(
     serving signatures compute). ``rank``: the label order as a rank per vocabulary index
     (default: from ``label_order`` and ``seed``). Shards are read in parallel (interleaved;
     in file order unless training, where the file order is shuffled too).
+    ``augment`` (training only): True for colour jitter, or a
+    :class:`~cnnrnn_tf.preprocessing.Augmentation`.
     """
     if mode not in ("sequence", "multi_hot", "eval"):
         raise ValueError(f"unknown mode {mode}")
@@ -161,7 +163,8 @@ def make_dataset(
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    augmenting = augment and training
+    augmentation = augment if isinstance(augment, Augmentation) else Augmentation(color=bool(augment))
+    augmenting = augmentation.active and training
     if augmenting:  # one random seed per example, reproducible from ``seed``
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(
             seed=seed, rerandomize_each_iteration=True).batch(2)))
@@ -170,7 +173,7 @@ def make_dataset(
     def to_model_inputs(image, ids, image_id, aug_seed=None):
         image = tf.cast(image, tf.float32)
         if aug_seed is not None:
-            image = augment_image(image, seed=aug_seed)
+            image = augment_image(image, seed=aug_seed, augmentation=augmentation)
         y = tf.ensure_shape(preprocessor.multi_hot(ids), [num_labels])
         if mode == "sequence":
             inputs, targets = preprocessor.sequence(ids)

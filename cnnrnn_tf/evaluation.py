@@ -54,7 +54,11 @@ def predict_dataset(model, vocab: LabelVocabulary, data, image_size: int,
                     beam_size: Optional[int] = None, batch_size: int = 64) -> Predictions:
     ds = make_dataset(data, vocab, mode="eval", image_size=image_size, batch_size=batch_size,
                       cache=False, with_ids=True)
-    fn = decode_function(model, beam_size)
+    return predict_batches(decode_function(model, beam_size), ds, data)
+
+
+def predict_batches(fn, ds, data="the data") -> Predictions:
+    """Runs ``fn`` (:func:`decode_function`) over an "eval" mode dataset (with ids)."""
     parts: Dict[str, list] = {k: [] for k in ("y_true", "label_ids", "scores", "prob", "ids")}
     try:
         for features, y in ds:

@@ -7,15 +7,51 @@ from keras import ops
 PAD_TARGET = -1
 
 
-def sequence_crossentropy() -> keras.losses.Loss:
+def sequence_crossentropy(label_smoothing: float = 0.0) -> keras.losses.Loss:
     """Per-step softmax cross-entropy over END + labels, ignoring padded steps.
 
     Targets are token ids with PAD_TARGET (-1) after END; Keras' own
     ``ignore_class`` masks them, and the mean runs over the real steps only.
+    With ``label_smoothing``: :class:`SmoothedSequenceCrossentropy`.
     """
+    if label_smoothing:
+        return SmoothedSequenceCrossentropy(label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, ignore_class=PAD_TARGET, name="sequence_crossentropy"
     )
+
+
+@keras.saving.register_keras_serializable(package="cnnrnn_tf")
+class SmoothedSequenceCrossentropy(keras.losses.Loss):
+    """The sequence cross-entropy with label smoothing: the target of a step is
+    (1 - e) on its token and e spread evenly over the other tokens the step can emit
+    (masked ones, START and the labels already on the path, get nothing: their logits
+    are MASK_LOGIT). Padded steps (PAD_TARGET) are ignored; the mean runs over real steps.
+    """
+
+    def __init__(self, label_smoothing=0.1, name="sequence_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        from cnnrnn_tf.vocabulary import MASK_LOGIT
+
+        logits = ops.cast(y_pred, "float32")
+        targets = ops.cast(y_true, "int32")
+        real = ops.cast(targets != PAD_TARGET, "float32")
+        one_hot = ops.one_hot(ops.maximum(targets, 0), ops.shape(logits)[-1], dtype="float32")
+        allowed = ops.cast(logits > MASK_LOGIT / 2, "float32")
+        others = allowed * (1.0 - one_hot)
+        spread = others / ops.maximum(ops.sum(others, axis=-1, keepdims=True), 1.0)
+        soft = (1.0 - self.label_smoothing) * one_hot + self.label_smoothing * spread
+        log_p = ops.log_softmax(logits, axis=-1)
+        per_step = -ops.sum(soft * ops.where(allowed > 0, log_p, 0.0), axis=-1) * real
+        return ops.sum(per_step, axis=-1) / ops.maximum(ops.sum(real, axis=-1), 1.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(label_smoothing=self.label_smoothing)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="cnnrnn_tf")
@@ -28,8 +64,9 @@ class AsymmetricLoss(keras.losses.Loss):
     """
 
     def __init__(self, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8,
-                 name="asymmetric_loss", **kwargs):
+                 label_smoothing=0.0, name="asymmetric_loss", **kwargs):
         super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
         self.gamma_neg = float(gamma_neg)
         self.gamma_pos = float(gamma_pos)
         self.clip = float(clip)
@@ -37,6 +74,8 @@ class AsymmetricLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
+        if self.label_smoothing:  # as Keras' BCE: y (1 - e) + e / 2
+            y_true = y_true * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
         logits = ops.cast(y_pred, "float32")
         p = ops.sigmoid(logits)
         # log(p) = log_sigmoid(x) exactly (no clipping of p at eps); for the negatives,
@@ -56,5 +95,5 @@ class AsymmetricLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update(gamma_neg=self.gamma_neg, gamma_pos=self.gamma_pos,
-                      clip=self.clip, eps=self.eps)
+                      clip=self.clip, eps=self.eps, label_smoothing=self.label_smoothing)
         return config

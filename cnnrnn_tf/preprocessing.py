@@ -15,6 +15,9 @@ most DECODE_PARALLELISM images at a time.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import tensorflow as tf
 
 # Images larger than this (either side, in pixels) are refused rather than
@@ -191,17 +194,68 @@ def decode_images(encoded: tf.Tensor, image_size: int,
     return tf.cast(pixels, tf.float32)
 
 
-def augment_image(image: tf.Tensor, seed=None) -> tf.Tensor:
-    """Light augmentation for multi-label scenes: brightness/contrast jitter only.
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """What the training input pipeline does to each image (all off by default).
+
+    Attributes:
+        color: brightness / contrast jitter (``--augment``).
+        crop_scale: random resized crop (``--crop-scale MIN``): a box of MIN..1 of the
+            image's area, aspect ratio 3/4..4/3, resized back to the image size (as
+            Inception / torchvision's RandomResizedCrop). It can cut an object out of
+            the frame while its label stays: keep MIN high (0.5+) for small objects.
+        hflip: random horizontal flip (``--hflip``): only where a mirrored image has the
+            same labels (not for left/right labels, text or digits).
+    """
+
+    color: bool = False
+    crop_scale: Optional[float] = None
+    hflip: bool = False
+
+    def __post_init__(self):
+        if self.crop_scale is not None and not 0.0 < float(self.crop_scale) <= 1.0:
+            raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.color or self.crop_scale is not None or self.hflip)
+
+
+def augment_image(image: tf.Tensor, seed=None, augmentation: Optional[Augmentation] = None
+                  ) -> tf.Tensor:
+    """Augments one float32 [S, S, 3] image in [0, 255] (default: colour jitter only).
 
     ``seed``: an int64 [2] seed for TF's stateless random ops (tf.data passes one per
     example, drawn from the training seed), so a run is reproducible; None draws fresh.
-    No flips or crops by default: they can move an object out of the frame or
-    change what a label means (left/right); both are cheap to add per dataset.
+    Flips and crops are options (:class:`Augmentation`): they can move an object out of
+    the frame or change what a label means (left/right), so each data set decides.
     """
+    augmentation = augmentation or Augmentation(color=True)
     if seed is None:
         seed = tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int64)
     seed = tf.cast(seed, tf.int64)
-    image = tf.image.stateless_random_brightness(image, 20.0, seed=seed)
-    image = tf.image.stateless_random_contrast(image, 0.8, 1.2, seed=seed + 1)
+    if augmentation.crop_scale is not None and augmentation.crop_scale < 1.0:
+        image = random_resized_crop(image, seed + 2, float(augmentation.crop_scale))
+    if augmentation.hflip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed + 3)
+    if augmentation.color:
+        image = tf.image.stateless_random_brightness(image, 20.0, seed=seed)
+        image = tf.image.stateless_random_contrast(image, 0.8, 1.2, seed=seed + 1)
     return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def random_resized_crop(image: tf.Tensor, seed, min_scale: float,
+                        ratio=(3.0 / 4.0, 4.0 / 3.0)) -> tf.Tensor:
+    """A random box of ``min_scale``..1 of the area (aspect ``ratio``), resized back."""
+    size = tf.shape(image)[:2]
+    u = tf.random.stateless_uniform([4], seed=seed)
+    area = min_scale + (1.0 - min_scale) * u[0]
+    log_ratio = tf.math.log(ratio[0]) + (tf.math.log(ratio[1]) - tf.math.log(ratio[0])) * u[1]
+    aspect = tf.exp(log_ratio)
+    height = tf.minimum(tf.sqrt(area / aspect), 1.0)  # fractions of the side
+    width = tf.minimum(tf.sqrt(area * aspect), 1.0)
+    top = (1.0 - height) * u[2]
+    left = (1.0 - width) * u[3]
+    box = tf.stack([top, left, top + height, left + width])[None]
+    out = tf.image.crop_and_resize(image[None], box, [0], size, method="bilinear")
+    return tf.reshape(out[0], tf.shape(image))

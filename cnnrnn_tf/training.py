@@ -62,19 +62,24 @@ def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
     lr = config.learning_rate
     if total_steps and config.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps, alpha=0.02)
+    # --ema: the optimizer keeps a moving average of the weights (momentum 0.99);
+    # SwapEMAWeights (training_callbacks) validates and selects on it, and fit() ends
+    # with it in the model (Keras' finalize_variable_values), so it is what is exported.
+    ema = dict(use_ema=True, ema_momentum=0.99) if config.ema else {}
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
-    return keras.optimizers.RMSprop(lr)
+        return keras.optimizers.Adam(lr, **ema)
+    return keras.optimizers.RMSprop(lr, **ema)
 
 
 def make_loss(config: TrainConfig):
     from cnnrnn_tf.losses import AsymmetricLoss, sequence_crossentropy
 
+    smoothing = float(config.label_smoothing)
     if config.model == "cnn-rnn":
-        return sequence_crossentropy()
+        return sequence_crossentropy(smoothing)
     if config.model == "asl":
-        return AsymmetricLoss()
-    return keras.losses.BinaryCrossentropy(from_logits=True)
+        return AsymmetricLoss(label_smoothing=smoothing)
+    return keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=smoothing)
 
 
 def _backup_epoch(backup_dir: str) -> Optional[int]:
@@ -136,7 +141,8 @@ def train(
         makedirs(out_dir, "model folder")
         compile_model(model, config, plan, eval_ds)
         history = fit(model, config, plan, train_ds, eval_ds, out_dir, verbose=verbose,
-                      extra_callbacks=extra_callbacks, data_names=(train_data, eval_data))
+                      extra_callbacks=extra_callbacks, data_names=(train_data, eval_data),
+                      decoded_ds=decoded_validation_dataset(config, plan, eval_data))
     calibration = calibrate_thresholds(model, config, plan, eval_data)
     info = {
         "library_version": __version__,
@@ -230,12 +236,21 @@ def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_
                   max_labels=plan.max_labels, rank=plan.rank, seed=config.seed)
     # Keep decoded images in memory only when they fit comfortably.
     cache = plan.num_train * config.image_size ** 2 * 3 < (2 << 30)
-    train_ds = make_dataset(train_data, training=True, augment=config.augment,
+    train_ds = make_dataset(train_data, training=True, augment=config.augmentation(),
                             cache=cache, **common)
     eval_ds = make_dataset(eval_data, training=False, cache=cache, **common)
     if config.steps_per_epoch:
         train_ds = train_ds.repeat()
     return train_ds, eval_ds
+
+
+def decoded_validation_dataset(config: TrainConfig, plan: TrainPlan, eval_data):
+    """The validation split as DecodedValidation reads it (None unless --monitor needs it)."""
+    if config.monitor == "val_loss" or not config.early_stopping:
+        return None
+    return make_dataset(eval_data, plan.vocab, mode="eval", image_size=config.image_size,
+                        batch_size=max(config.batch_size, 64), with_ids=True,
+                        cache=plan.num_eval * config.image_size ** 2 * 3 < (1 << 30))
 
 
 def compile_model(model, config: TrainConfig, plan: TrainPlan, eval_ds) -> None:
@@ -247,10 +262,21 @@ def compile_model(model, config: TrainConfig, plan: TrainPlan, eval_ds) -> None:
 
 
 def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
-                       verbose: int) -> List[keras.callbacks.Callback]:
+                       verbose: int, decoded_ds=None) -> List[keras.callbacks.Callback]:
+    """In this order (each epoch's logs pass through them in turn): the resume checkpoint
+    (raw weights), the EMA swap, decoded validation (adds val_f1 / val_map), TensorBoard,
+    early stopping with checkpoint selection on ``config.monitor``."""
     callbacks: List[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(join(out_dir, BACKUP_DIR)),
     ]
+    if config.ema:
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    if decoded_ds is not None:
+        from cnnrnn_tf.decoded_validation import DecodedValidation
+
+        callbacks.append(DecodedValidation(
+            decoded_ds, beam_size=config.beam_size, calibrate=config.threshold is None,
+            threshold_metric=config.threshold_metric, per_class=config.per_class_threshold))
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(join(out_dir, LOG_DIR),
                                                      update_freq="epoch"))
@@ -258,16 +284,22 @@ def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
         log.warning("tensorboard is not installed: no TensorBoard logs in %s", out_dir)
     patience = early_stopping_patience(config, plan.epochs)
     if patience is not None:
+        monitor = config.monitor if decoded_ds is not None else "val_loss"
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience,
-            restore_best_weights=True, verbose=min(verbose, 1)))
+            monitor=monitor, mode="min" if monitor == "val_loss" else "max",
+            patience=patience, restore_best_weights=True, verbose=min(verbose, 1)))
     return callbacks
 
 
 def fit(model, config: TrainConfig, plan: TrainPlan, train_ds, eval_ds, out_dir: str, *,
-        verbose: int = 1, extra_callbacks=None, data_names=("train", "eval")) -> Dict[str, List[float]]:
-    """model.fit with the project's callbacks; resumes from out_dir/backup. Returns the history."""
-    callbacks = training_callbacks(config, plan, out_dir, verbose) + list(extra_callbacks or [])
+        verbose: int = 1, extra_callbacks=None, data_names=("train", "eval"),
+        decoded_ds=None) -> Dict[str, List[float]]:
+    """model.fit with the project's callbacks; resumes from out_dir/backup. Returns the history.
+
+    ``decoded_ds``: the validation split for DecodedValidation (``--monitor val_f1|val_map``).
+    """
+    callbacks = (training_callbacks(config, plan, out_dir, verbose, decoded_ds)
+                 + list(extra_callbacks or []))
     backup = join(out_dir, BACKUP_DIR)
     resumed = _backup_epoch(backup)
     if resumed is not None:

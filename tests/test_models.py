@@ -355,3 +355,62 @@ def test_attention_maps_need_the_attention_decoder():
         TrainConfig(decoder="spatial")
     with pytest.raises(InputError, match="only --model cnn-rnn"):
         TrainConfig(model="bce", decoder="attention")
+
+
+def test_smoothed_sequence_crossentropy():
+    """e = 0 is Keras' masked sparse cross-entropy; e > 0 spreads e over the tokens the step
+    can emit only (masked logits get none, so the loss stays finite), and matches a
+    hand-written soft-target cross-entropy."""
+    from cnnrnn_tf.losses import SmoothedSequenceCrossentropy
+    from cnnrnn_tf.vocabulary import MASK_LOGIT
+
+    rng = np.random.RandomState(0)
+    logits = rng.randn(3, 4, 6).astype("float32")
+    logits[:, :, START_ID] = MASK_LOGIT
+    logits[0, 2:, 3] = MASK_LOGIT  # a label already on the path
+    targets = np.array([[2, 4, 0, -1], [5, 0, -1, -1], [3, 2, 4, 0]])
+    np.testing.assert_allclose(
+        float(SmoothedSequenceCrossentropy(0.0)(targets, logits)),
+        float(sequence_crossentropy()(targets, logits)), rtol=0.2)  # per-image vs per-step mean
+    e = 0.1
+    loss = float(SmoothedSequenceCrossentropy(e)(targets, logits))
+    want = []
+    for b in range(3):
+        steps = []
+        for t in range(4):
+            if targets[b, t] < 0:
+                continue
+            z = logits[b, t].astype(np.float64)
+            allowed = z > MASK_LOGIT / 2
+            logp = z - np.log(np.exp(z[allowed] - z[allowed].max()).sum()) - z[allowed].max()
+            soft = np.zeros(6)
+            others = allowed.copy()
+            others[targets[b, t]] = False
+            soft[others] = e / others.sum()
+            soft[targets[b, t]] = 1 - e
+            steps.append(-(soft[allowed] * logp[allowed]).sum())
+        want.append(np.mean(steps))
+    np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
+    clone = SmoothedSequenceCrossentropy.from_config(SmoothedSequenceCrossentropy(e).get_config())
+    assert clone.label_smoothing == e
+
+
+def test_augmentation_crop_and_flip_are_seeded_and_keep_the_shape():
+    from cnnrnn_tf.preprocessing import Augmentation, augment_image
+
+    image = tf.constant(np.random.RandomState(0).uniform(0, 255, (20, 20, 3)), tf.float32)
+    seed = tf.constant([3, 4], tf.int64)
+    flip = Augmentation(hflip=True)
+    outs = [augment_image(image, tf.constant([s, 1], tf.int64), flip).numpy() for s in range(8)]
+    flipped = [np.allclose(o, image.numpy()[:, ::-1]) for o in outs]
+    assert any(flipped) and not all(flipped)
+    assert all(f or np.allclose(o, image.numpy()) for f, o in zip(flipped, outs))
+    crop = Augmentation(crop_scale=0.3)
+    a = augment_image(image, seed, crop).numpy()
+    assert a.shape == (20, 20, 3) and not np.allclose(a, image.numpy())
+    np.testing.assert_array_equal(a, augment_image(image, seed, crop).numpy())
+    np.testing.assert_allclose(augment_image(image, seed, Augmentation(crop_scale=1.0)).numpy(),
+                               image.numpy())
+    assert not Augmentation().active and Augmentation(color=True).active
+    with pytest.raises(ValueError, match="crop_scale"):
+        Augmentation(crop_scale=1.5)

@@ -42,6 +42,10 @@ def test_model_dir_contents_and_metrics(trained):
     info = json.load(open(os.path.join(out, "config.json")))
     assert info["train_config"]["image_size"] == 32 and info["max_labels"] == 4
     assert len(result.history["loss"]) == 2
+    # early stopping / checkpoint selection watch the decoded validation sets (--monitor)
+    history = json.load(open(os.path.join(out, "history.json")))
+    for key in ("val_f1", "val_map", "val_CF1", "val_OF1"):
+        assert len(history[key]) == 2 and all(0.0 <= v <= 1.0 for v in history[key]), key
 
 
 def test_reload_gives_identical_predictions(trained):
@@ -83,9 +87,13 @@ def test_saved_model_signatures_match_keras(trained):
 
 
 def test_bce_baseline_trains_and_exports(tmp_path, tiny_data):
+    """... with the whole training recipe on: crop, flip, colour, EMA, label smoothing,
+    selection on the decoded (calibrated) validation F1."""
     out = str(tmp_path / "bce")
-    result = train(TrainConfig(model="bce", **TINY), str(tiny_data / "train"),
+    result = train(TrainConfig(model="bce", augment=True, crop_scale=0.6, hflip=True, ema=True,
+                               label_smoothing=0.1, **TINY), str(tiny_data / "train"),
                    str(tiny_data / "test"), out, verbose=0)
+    assert result.model.optimizer.use_ema and "val_f1" in result.history
     sm = tf.saved_model.load(os.path.join(out, "saved_model"))
     rec = next(schema.iter_records(str(tiny_data / "test")))
     outs = sm.signatures["predict_images"](images=tf.constant([rec.image]))
