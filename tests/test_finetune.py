@@ -16,13 +16,13 @@ TINY = dict(image_size=32, batch_size=16, lstm_units=32, embed_dim=16, beam_size
 OLD = LabelVocabulary(("red", "green", "blue", "bar"), (30, 20, 10, 5))
 
 
-def _model(kind="cnn-rnn", vocab=OLD):
+def _model(kind="cnn-rnn", vocab=OLD, decoder="global"):
     import keras
 
     from cnnrnn_tf.models import build_model
 
     keras.utils.set_random_seed(3)
-    model = build_model(TrainConfig(model=kind, **TINY), len(vocab), max_labels=3)
+    model = build_model(TrainConfig(model=kind, decoder=decoder, **TINY), len(vocab), max_labels=3)
     images = np.random.RandomState(0).rand(2, 32, 32, 3).astype("float32") * 255
     if kind == "cnn-rnn":
         model({"images": images, "label_inputs": np.ones((2, 1), "int32")})
@@ -43,8 +43,9 @@ def _inputs(n=3):
             "label_inputs": np.array([[1, 2, 4], [1, 3, 5], [1, 5, 2]], "int32")[:n]}
 
 
-def test_grow_cnn_rnn_copies_every_weight_and_keeps_old_scores():
-    model = _model()
+@pytest.mark.parametrize("decoder", ["global", "attention"])
+def test_grow_cnn_rnn_copies_every_weight_and_keeps_old_scores(decoder):
+    model = _model(decoder=decoder)
     before = _numpy_weights(model)
     logits_before = np.asarray(model(_inputs()))
     grown, vocab = grow_vocabulary(model, OLD, ["frame", "red", "dot"])
