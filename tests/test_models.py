@@ -414,3 +414,25 @@ def test_augmentation_crop_and_flip_are_seeded_and_keep_the_shape():
     assert not Augmentation().active and Augmentation(color=True).active
     with pytest.raises(ValueError, match="crop_scale"):
         Augmentation(crop_scale=1.5)
+
+
+def test_attention_cnn_rnn_trains_with_pla():
+    """PLA's free-running pass goes through start_state / step: the attention state too."""
+    model = CNNRNN(tiny_map_encoder(), 4, embed_dim=8, lstm_units=16, max_labels=3,
+                   beam_size=2, decoder="attention", attention_dim=8, alignment="pla",
+                   label_head="aux")
+    inputs = {"images": random_images(4), "label_inputs": np.array(
+        [[1, 2, 3, 0], [1, 4, 0, 0], [1, 5, 2, 0], [1, 3, 0, 0]]),
+        "label_set": np.array([[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 1], [0, 1, 0, 0]])}
+    targets = np.array([[2, 3, 0, -1], [4, 0, -1, -1], [5, 2, 0, -1], [3, 0, -1, -1]])
+    model(inputs)
+    from cnnrnn_tf import orderless
+
+    # One eager PLA pass (fit would XLA-compile the Hungarian step: minutes on 2 cores).
+    logits, aligned, aux = orderless.forward(model, inputs, tf.constant(targets), training=True)
+    assert logits.shape == (4, 4, 6) and np.isfinite(np.asarray(logits)).all()
+    # the aligned targets hold each image's labels, re-ordered, END and padding in place
+    for row, want in zip(np.asarray(aligned), targets):
+        assert sorted(row[want >= 2]) == sorted(want[want >= 2])
+        np.testing.assert_array_equal(row[want < 2], want[want < 2])
+    assert float(aux) > 0
