@@ -207,7 +207,7 @@ def forward(model, x, y, training):
     aligned = align(y, logits, keep_predicted=model.alignment == "pla")
     aux = 0.0
     if model.label_head is not None and model.aux_loss_weight > 0:
-        aux_logits = ops.cast(model.label_head(model.pooled(features)), "float32")
+        aux_logits = ops.cast(model.label_logits(features), "float32")
         label_set = x.get("label_set")
         if label_set is None:  # the targets' labels (cut at max_labels) when not given
             ids = ops.cast(y, "int32") - NUM_SPECIAL

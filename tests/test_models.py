@@ -343,6 +343,18 @@ def test_attention_cnn_rnn_round_trip_decode_and_fit(tmp_path, label_head):
     assert model.evaluate(inputs, targets, verbose=0) < before
 
 
+def test_label_head_on_a_feature_map_is_mean_plus_max_over_cells():
+    model, inputs = make_attention_cnn_rnn()
+    fmap = np.asarray(model.encoder(inputs["images"]))                   # [2, 4, 4, 6]
+    kernel = np.asarray(model.label_head.kernel.value)
+    bias = np.asarray(model.label_head.bias.value)
+    cells = fmap.reshape(2, 16, 6) @ kernel + bias
+    np.testing.assert_allclose(np.asarray(model.label_logits(fmap)),
+                               cells.mean(1) + cells.max(1), rtol=1e-5, atol=1e-5)
+    one = np.asarray(model.label_logits(fmap[:1]))  # batch 1: the shape of a serving call
+    np.testing.assert_allclose(one[0], cells[0].mean(0) + cells[0].max(0), rtol=1e-5, atol=1e-5)
+
+
 def test_attention_maps_need_the_attention_decoder():
     model, inputs = make_cnn_rnn()
     assert not model.attends

@@ -45,7 +45,7 @@ class CNNRNN(MultiLabelModel):
         decoder: "global" (the paper's: one image vector I joins every step, see
             :class:`LabelDecoder`) or "attention" (beyond the paper: each step attends
             over the encoder's feature map, see :class:`AttentionLabelDecoder`; the
-            label head then sees the map's average). START / END, label orders,
+            label head then scores every cell, see :meth:`label_logits`). START / END, label orders,
             beam search, the label head and fine-tuning are the same for both.
         attention_dim: the attention decoder's attention size.
     """
@@ -101,16 +101,26 @@ class CNNRNN(MultiLabelModel):
         if not self.label_evidence:
             return None
         if aux_logits is None:
-            aux_logits = self.label_head(self.pooled(features))
+            aux_logits = self.label_logits(features)
         aux_logits = ops.cast(aux_logits, "float32")
         return ops.pad(aux_logits, [[0, 0], [NUM_SPECIAL, 0]])
 
-    @staticmethod
-    def pooled(features):
-        """The global image vector: the features, or the average of a feature map."""
+    def label_logits(self, features):
+        """The label head's logit per label [B, num_labels].
+
+        On a feature vector: a linear layer. On a feature map (the attention decoder): the
+        same layer on every grid cell, then the mean over the cells plus the maximum
+        (class-specific residual attention, Zhu & Wu, ICCV 2021, with an infinite
+        temperature): the average pooling of the global model, plus the best cell for each
+        label, so a small object is not averaged away by the background.
+        """
         if len(features.shape) == 2:
-            return features
-        return ops.mean(features, axis=tuple(range(1, len(features.shape) - 1)))
+            return self.label_head(features)
+        shape = ops.shape(features)
+        # Dense on a 2-D view (TF 2.16's oneDNN rank-4 matmul bug; see the decoder).
+        cells = ops.reshape(self.label_head(ops.reshape(features, (-1, shape[-1]))),
+                            (shape[0], -1, self.num_labels))
+        return ops.mean(cells, axis=1) + ops.max(cells, axis=1)
 
     @property
     def attends(self) -> bool:
@@ -135,7 +145,7 @@ class CNNRNN(MultiLabelModel):
         features = self.encode(inputs, training=training)
         logits = self.decoder(features, inputs["label_inputs"], training=training)
         if self.label_head is not None:
-            aux_logits = self.label_head(self.pooled(features))
+            aux_logits = self.label_logits(features)
             if self.aux_loss_weight > 0 and "label_set" in inputs:
                 # In training and validation alike, so val_loss is the loss optimised.
                 self.add_loss(self.aux_loss_weight * self.label_set_loss(
