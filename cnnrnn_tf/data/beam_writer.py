@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import uuid
 from collections import Counter
 from typing import Dict, List, Sequence
@@ -146,11 +147,17 @@ def run_pipeline(tmp: str, num_shards: int, on_bad_image: str, args: Sequence[st
     from apache_beam.options.pipeline_options import PipelineOptions
 
     options = PipelineOptions(list(args))
-    with beam.Pipeline(options=options) as pipeline:
-        _ = (pipeline
-             | "Shards" >> beam.Create(list(range(num_shards)))
-             | "Spread" >> beam.Reshuffle()
-             | "WriteShard" >> beam.Map(write_shard, tmp, on_bad_image))
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            _ = (pipeline
+                 | "Shards" >> beam.Create(list(range(num_shards)))
+                 | "Spread" >> beam.Reshuffle()
+                 | "WriteShard" >> beam.Map(write_shard, tmp, on_bad_image))
+    except Exception as exc:
+        # A worker's error reaches the driver as a whole traceback in the message (its
+        # last line is the error itself): keep that line first, the rest as the cause.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise RuntimeError(f"the Beam pipeline failed: {lines[-1] if lines else exc!r}") from exc
 
 
 def _read_stats(tmp: str, num_shards: int) -> List[Dict]:
@@ -211,5 +218,7 @@ def write_with_beam(items, out_dir: str, *, records_per_shard: int, on_bad_image
 
 
 def quiet_beam_logging() -> None:
-    """Beam's DirectRunner forwards every worker's start-up warnings; keep errors only."""
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    """Beam's DirectRunner logs every worker's start-up warnings, and a failed element's
+    traceback several times over; the CLI reports the error once (CNNRNN_DEBUG=1: all)."""
+    if not os.environ.get("CNNRNN_DEBUG"):
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
