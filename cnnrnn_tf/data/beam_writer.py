@@ -17,7 +17,8 @@ annotations were parsed in the driver into a list of
    holds the data and a worker holds one image at a time;
 3. back in the driver: reads the counts, fails (``on_bad_image="fail"``: the
    first bad image in item order, the same message as the single-process path;
-   or when nothing was written), else renames the non-empty shards into ``OUT``
+   a shard stops at its first bad image, but the other shards run to their end
+   before the error is reported; or when nothing was written), else renames the non-empty shards into ``OUT``
    as ``data-00000-of-0000N.tfrecord.gz`` and writes ``label_counts.json`` (and
    ``skipped.csv``). The temporary folder is removed in every case, and on an
    error whatever was published is removed again (as the single-process path).
