@@ -281,7 +281,9 @@ def build_parser() -> Parser:
     p.add_argument("--image-size", type=positive_int, default=64)
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="default: chosen from the training set size, with early stopping")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="the global batch: split over all replicas when training on several "
+                        "GPUs or machines (TF_CONFIG, see README)")
     p.add_argument("--label-order", choices=LABEL_ORDERS, default="frequent-first")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="rmsprop")
