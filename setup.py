@@ -18,9 +18,11 @@ VERSION = re.search(
     r'__version__ = "([^"]+)"', (HERE / "cnnrnn_tf" / "__init__.py").read_text()
 ).group(1)
 
+# `cnnrnn data from-* --beam`: the converters as a Beam pipeline (any runner).
+BEAM = ["apache-beam[gcp,aws]==2.60.0"]
 PIPELINE = [
     "tfx[kfp]==1.16.0",
-    "apache-beam[gcp,aws]==2.60.0",
+    *BEAM,
     "tensorflow-io==0.37.1",  # s3:// in TensorFlow (see cnnrnn_tf/uri.py)
     "tensorflow-data-validation>=1.16,<1.17",
     "tensorflow-model-analysis>=0.47,<0.48",
@@ -75,6 +77,7 @@ setup(
     ],
     extras_require={
         "pipeline": PIPELINE,
+        "beam": BEAM,
         "serving": SERVING,
         "pretrained": PRETRAINED,
         "report": REPORT,

@@ -34,10 +34,23 @@ def cmd_data_fashion(args) -> int:
     return 0
 
 
+def _writing_options(args) -> dict:
+    """The converters' keyword arguments for how they write (see add_writing_flags)."""
+    if args.beam:
+        from cnnrnn_tf.data.beam_writer import quiet_beam_logging
+
+        quiet_beam_logging()
+    elif args.beam_arg:
+        raise InputError("--beam-arg: only with --beam")
+    return dict(on_bad_image=args.on_bad_image, beam=args.beam, beam_args=args.beam_arg,
+                direct_num_workers=args.direct_num_workers,
+                progress=not args.quiet and sys.stdout.isatty())
+
+
 def cmd_data_csv(args) -> int:
     from cnnrnn_tf.data import convert_csv
 
-    print(convert_csv(args.csv, args.out, label_sep=args.label_sep))
+    print(convert_csv(args.csv, args.out, label_sep=args.label_sep, **_writing_options(args)))
     return 0
 
 
@@ -45,14 +58,15 @@ def cmd_data_coco(args) -> int:
     from cnnrnn_tf.data import convert_coco
 
     print(convert_coco(args.annotations, args.images, args.out,
-                       skip_empty=not args.keep_empty))
+                       skip_empty=not args.keep_empty, **_writing_options(args)))
     return 0
 
 
 def cmd_data_voc(args) -> int:
     from cnnrnn_tf.data import convert_voc
 
-    print(convert_voc(args.root, args.split, args.out, include_difficult=args.difficult))
+    print(convert_voc(args.root, args.split, args.out, include_difficult=args.difficult,
+                      **_writing_options(args)))
     return 0
 
 
@@ -195,6 +209,23 @@ def cmd_main_job(args) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def add_writing_flags(p) -> None:
+    """How the converters (from-csv, from-coco, from-voc) read the images and write shards."""
+    p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+                   help="a missing, unreadable or corrupt image file: 'fail' (default) stops "
+                        "with an error naming it; 'skip' leaves it out and lists it in "
+                        "OUT/skipped.csv")
+    p.add_argument("--beam", action="store_true",
+                   help="read and write the images with an Apache Beam pipeline (local "
+                        "DirectRunner with worker processes unless --beam-arg says otherwise)")
+    p.add_argument("--direct-num-workers", type=positive_int, default=2, metavar="N",
+                   help="--beam on the local DirectRunner: worker processes (default 2)")
+    p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                   help="a Beam pipeline argument, repeatable, e.g. "
+                        "--beam-arg=--runner=DataflowRunner")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> Parser:
     from cnnrnn_tf import __version__
 
@@ -220,6 +251,7 @@ def build_parser() -> Parser:
     p.add_argument("--csv", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--label-sep", type=label_sep, default="|")
+    add_writing_flags(p)
     p.set_defaults(func=cmd_data_csv)
     p = dsub.add_parser("from-coco", help="MS-COCO instances JSON + image folder")
     p.add_argument("--annotations", required=True)
@@ -227,12 +259,14 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True)
     p.add_argument("--keep-empty", action="store_true",
                    help="keep images without annotations (they get no labels)")
+    add_writing_flags(p)
     p.set_defaults(func=cmd_data_coco)
     p = dsub.add_parser("from-voc", help="Pascal VOC folder")
     p.add_argument("--root", required=True)
     p.add_argument("--split", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--difficult", action="store_true", help="include 'difficult' objects")
+    add_writing_flags(p)
     p.set_defaults(func=cmd_data_voc)
 
     from cnnrnn_tf.config import BACKBONES, DECODERS, LABEL_HEADS, MODELS, MONITORS, OPTIMIZERS
@@ -247,7 +281,9 @@ def build_parser() -> Parser:
     p.add_argument("--image-size", type=positive_int, default=64)
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="default: chosen from the training set size, with early stopping")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="the global batch: split over all replicas when training on several "
+                        "GPUs or machines (TF_CONFIG, see README)")
     p.add_argument("--label-order", choices=LABEL_ORDERS, default="frequent-first")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="rmsprop")

@@ -115,6 +115,8 @@ def make_dataset(
     with_ids: bool = False,
     rank: Optional[Sequence[int]] = None,
     preprocessor: Optional[Preprocessor] = None,
+    drop_remainder: bool = False,
+    num_workers: int = 1,
 ) -> tf.data.Dataset:
     """Batches for Keras, built by the :class:`~cnnrnn_tf.preprocessor.Preprocessor`.
 
@@ -129,6 +131,10 @@ def make_dataset(
     in file order unless training, where the file order is shuffled too).
     ``augment`` (training only): True for colour jitter, or a
     :class:`~cnnrnn_tf.preprocessing.Augmentation`.
+    ``batch_size`` is the global batch: a distribution strategy splits it over its replicas.
+    ``drop_remainder``: no last partial batch (on several replicas it could leave one of
+    them an empty batch, which TensorFlow's CPU convolution rejects).
+    ``num_workers``: the processes of a multi-worker strategy that share the batches.
     """
     if mode not in ("sequence", "multi_hot", "eval"):
         raise ValueError(f"unknown mode {mode}")
@@ -184,5 +190,13 @@ def make_dataset(
         return features, y
 
     ds = ds.map(to_model_inputs, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if num_workers > 1:
+        # Every worker reads all the records and keeps its part of each global batch: the
+        # batches are those of one machine, and no worker runs out of data before another
+        # (FILE sharding would give each its own shards, of unequal sizes).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
+        ds = ds.with_options(options)
     return ds.prefetch(AUTOTUNE)

@@ -57,7 +57,26 @@ class DecodedValidation(keras.callbacks.Callback):
         m = multilabel_metrics(preds.y_true, y_pred, preds.y_score, top_k=3)
         values = {"val_CF1": m["CF1"], "val_OF1": m["OF1"],
                   "val_f1": 0.5 * (m["CF1"] + m["OF1"]), "val_map": m["mAP"]}
+        values = self._agree_across_workers(values)
         if logs is not None:
             logs.update({k: float(v) for k, v in values.items()})
         log.info("epoch %d: %s", epoch + 1,
                  ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+    @staticmethod
+    def _agree_across_workers(values):
+        """On several workers, the mean of every worker's values: their models differ in
+        BatchNorm's moving statistics (kept per replica), so their decoded sets can too, and
+        EarlyStopping must take the same decision on all of them (or the collectives hang)."""
+        import tensorflow as tf
+
+        from cnnrnn_tf.cluster import is_multi_worker
+
+        strategy = tf.distribute.get_strategy()
+        if not is_multi_worker(strategy):
+            return values
+        keys = sorted(values)
+        local = tf.constant([values[k] for k in keys], tf.float32)
+        per_replica = strategy.experimental_distribute_values_from_function(lambda ctx: local)
+        mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None).numpy()
+        return {k: float(v) for k, v in zip(keys, mean)}

@@ -72,15 +72,20 @@ def run_fn(fn_args) -> None:
     caps the validation steps per epoch. Without them the config decides.
     Writes the MODEL_DIR under ``fn_args.model_run_dir`` and the SavedModel
     (atomically) to ``fn_args.serving_model_dir``. Uses MirroredStrategy over
-    all GPUs when there are several, or over ``custom_config["devices"]``.
+    all GPUs when there are several, or over ``custom_config["devices"]``; or
+    MultiWorkerMirroredStrategy when ``TF_CONFIG`` describes several workers (Vertex AI,
+    Kubeflow): then only the chief writes the MODEL_DIR, the SavedModel and run_fn.json.
     """
     from cnnrnn_tf import __version__
+    from cnnrnn_tf.cluster import is_chief, worker_dir
     from cnnrnn_tf.config import TrainConfig
     from cnnrnn_tf.errors import InputError
     from cnnrnn_tf.export import export_saved_model
     from cnnrnn_tf.training import choose_strategy, train
 
     custom = dict(fn_args.custom_config or {})
+    # First: a multi-worker strategy must exist before TensorFlow runs anything.
+    strategy = choose_strategy(custom.get(DEVICES_KEY) or None)
     config = TrainConfig.from_dict(dict(custom.get(TRAIN_CONFIG_KEY) or {}))
     wanted = custom.get(VERSION_KEY)
     if wanted and wanted != __version__:
@@ -97,7 +102,6 @@ def run_fn(fn_args) -> None:
     config = config.replace(**changes)
 
     vocab = label_vocabulary(fn_args.transform_output)
-    strategy = choose_strategy(custom.get(DEVICES_KEY) or None)
     uri.ensure_filesystems(fn_args.model_run_dir, fn_args.serving_model_dir)
     model_dir = uri.join(fn_args.model_run_dir, MODEL_DIR_NAME)
     log.info("run_fn: %d labels, %s, %d replica(s); MODEL_DIR %s", len(vocab),
@@ -107,8 +111,12 @@ def run_fn(fn_args) -> None:
     result = train(config, list(fn_args.train_files), list(fn_args.eval_files), model_dir,
                    vocab=vocab, strategy=strategy, export=False, evaluate_after=True,
                    verbose=2)
-    export_saved_model(result.model, vocab, config.image_size, fn_args.serving_model_dir,
-                       beam_size=config.beam_size)
+    # Every worker exports (as TensorFlow's multi-worker guide has it); only the chief's stays.
+    with worker_dir(fn_args.serving_model_dir, strategy) as serving_dir:
+        export_saved_model(result.model, vocab, config.image_size, serving_dir,
+                           beam_size=config.beam_size)
+    if not is_chief(strategy):
+        return
     import tensorflow as tf
 
     # model_run_dir may be a URI (s3://, gs://): written through tf.io.gfile.

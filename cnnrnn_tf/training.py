@@ -14,10 +14,12 @@ import numpy as np
 import tensorflow as tf
 
 from cnnrnn_tf import __version__
+from cnnrnn_tf.cluster import (TF_CONFIG, ClusterConfig, is_chief, is_multi_worker, num_workers,
+                               worker_dir)
 from cnnrnn_tf.config import TrainConfig, default_epochs, early_stopping_patience
 from cnnrnn_tf.dataset import choose_max_labels, make_dataset, scan_labels
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.io_utils import makedirs, remove_quietly
+from cnnrnn_tf.io_utils import copy_tree, makedirs, remove_quietly
 from cnnrnn_tf.uri import absolute, ensure_filesystem, join, storage_error
 from cnnrnn_tf.model_dir import (HISTORY_FILE, METRICS_FILE, SAVED_MODEL_DIR, is_model_dir,
                                  save_model_dir, write_json)
@@ -29,7 +31,23 @@ LOG_DIR = "logs"
 
 
 def choose_strategy(devices: Optional[List[str]] = None) -> tf.distribute.Strategy:
-    """MirroredStrategy over several GPUs (or the given devices), one GPU, or the CPU."""
+    """MultiWorkerMirroredStrategy when ``TF_CONFIG`` describes several workers (each uses
+    all its GPUs, see ``cnnrnn_tf.cluster``); else MirroredStrategy over several GPUs (or
+    the given devices), one GPU, or the CPU."""
+    cluster = ClusterConfig.from_environment()
+    if cluster is not None and cluster.multi_worker:
+        if devices:
+            raise InputError(f"devices {list(devices)}: cannot be chosen when {TF_CONFIG} "
+                             f"describes several workers (each worker uses all its GPUs)")
+        log.info("%s: %s of %d workers", TF_CONFIG, cluster.task_name, cluster.num_workers)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+            raise RuntimeError(
+                f"{TF_CONFIG} describes {cluster.num_workers} workers, but TensorFlow already "
+                f"ran in this process; MultiWorkerMirroredStrategy must come first: call "
+                f"cnnrnn_tf.training.choose_strategy() at the start of the program and pass "
+                f"it to train(strategy=...)") from exc
     if devices:
         return tf.distribute.MirroredStrategy(devices) if len(devices) > 1 \
             else tf.distribute.OneDeviceStrategy(devices[0])
@@ -129,46 +147,58 @@ def train(
     ``initial_model``: train this model (e.g. from ``cnnrnn_tf.finetune``) instead of
     building a fresh one; its number of labels must match the vocabulary. Create it
     inside ``strategy.scope()`` when training on several GPUs.
+    ``strategy``: default :func:`choose_strategy`, which reads ``TF_CONFIG``: on a cluster
+    of several workers every worker calls train() with the same arguments; the chief
+    writes ``out_dir``, the others a temporary folder they remove (``cnnrnn_tf.cluster``).
+    ``config.batch_size`` is the global batch, split over all replicas.
     """
-    out_dir = prepare_out_dir(out_dir)
-    t0 = time.time()
-    plan = plan_training(config, train_data, eval_data, vocab=vocab, rank=rank)
-    keras.utils.set_random_seed(config.seed)
     strategy = strategy or choose_strategy()
-    with precision_policy(config.mixed_precision), strategy.scope():
-        model = build_training_model(config, plan, initial_model)
-        train_ds, eval_ds = make_datasets(config, plan, model, train_data, eval_data)
-        makedirs(out_dir, "model folder")
-        compile_model(model, config, plan, eval_ds)
-        history = fit(model, config, plan, train_ds, eval_ds, out_dir, verbose=verbose,
-                      extra_callbacks=extra_callbacks, data_names=(train_data, eval_data),
-                      decoded_ds=decoded_validation_dataset(config, plan, eval_data))
-    calibration = calibrate_thresholds(model, config, plan, eval_data)
-    info = {
-        "library_version": __version__,
-        "max_labels": plan.max_labels,
-        "label_rank": [int(r) for r in plan.rank],
-        "num_train": plan.num_train,
-        "num_eval": plan.num_eval,
-        "epochs_run": len(history.get("loss", [])),
-        "epochs_max": plan.epochs,
-        "train_seconds": round(time.time() - t0, 1),
-    }
-    if calibration is not None:
-        info["calibration"] = calibration
-    result = TrainResult(model, plan.vocab, config, info, history)
-    save_training(out_dir, result)
-    if export:
-        from cnnrnn_tf.export import export_saved_model
+    out_dir = prepare_out_dir(out_dir)
+    # Every worker trains and saves (collective steps need all of them); only the chief
+    # writes out_dir, the others a temporary folder removed at the end.
+    with worker_dir(out_dir, strategy) as write_dir:
+        t0 = time.time()
+        plan = plan_training(config, train_data, eval_data, vocab=vocab, rank=rank)
+        keras.utils.set_random_seed(config.seed)
+        with precision_policy(config.mixed_precision), strategy.scope():
+            model = build_training_model(config, plan, initial_model)
+            train_ds, eval_ds = make_datasets(config, plan, model, train_data, eval_data)
+            makedirs(write_dir, "model folder")
+            compile_model(model, config, plan, eval_ds)
+            history = fit(model, config, plan, train_ds, eval_ds, write_dir, verbose=verbose,
+                          extra_callbacks=extra_callbacks, data_names=(train_data, eval_data),
+                          resume_from=join(out_dir, BACKUP_DIR),
+                          decoded_ds=decoded_validation_dataset(config, plan, eval_data))
+        # Calibration and evaluation only read the model: the other workers skip them.
+        chief = is_chief(strategy)
+        calibration = calibrate_thresholds(model, config, plan, eval_data) if chief else None
+        info = {
+            "library_version": __version__,
+            "max_labels": plan.max_labels,
+            "label_rank": [int(r) for r in plan.rank],
+            "num_train": plan.num_train,
+            "num_eval": plan.num_eval,
+            "epochs_run": len(history.get("loss", [])),
+            "epochs_max": plan.epochs,
+            "train_seconds": round(time.time() - t0, 1),
+        }
+        if num_workers(strategy) > 1:
+            info["workers"] = num_workers(strategy)
+        if calibration is not None:
+            info["calibration"] = calibration
+        result = TrainResult(model, plan.vocab, config, info, history)
+        save_training(write_dir, result)
+        if export:
+            from cnnrnn_tf.export import export_saved_model
 
-        export_saved_model(model, plan.vocab, config.image_size,
-                           join(out_dir, SAVED_MODEL_DIR), beam_size=config.beam_size)
-    if evaluate_after:
-        from cnnrnn_tf.evaluation import evaluate_model
+            export_saved_model(model, plan.vocab, config.image_size,
+                               join(write_dir, SAVED_MODEL_DIR), beam_size=config.beam_size)
+        if evaluate_after and chief:
+            from cnnrnn_tf.evaluation import evaluate_model
 
-        result.metrics = evaluate_model(model, plan.vocab, eval_data, config.image_size,
-                                        beam_size=config.beam_size)
-        write_json(join(out_dir, METRICS_FILE), result.metrics)
+            result.metrics = evaluate_model(model, plan.vocab, eval_data, config.image_size,
+                                            beam_size=config.beam_size)
+            write_json(join(write_dir, METRICS_FILE), result.metrics)
     return result
 
 
@@ -230,10 +260,21 @@ def build_training_model(config: TrainConfig, plan: TrainPlan,
 
 
 def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_data):
-    """The training and validation tf.data pipelines, shaped for ``model``."""
+    """The training and validation tf.data pipelines, shaped for ``model`` (call in the
+    strategy scope: on several workers, each reads its share)."""
+    # batch_size is the global batch: the strategy splits it over all replicas; on several,
+    # full batches only (a last partial one could leave a replica an empty batch).
+    strategy = tf.distribute.get_strategy()
+    distributed = strategy.num_replicas_in_sync > 1
+    for data, count in ((train_data, plan.num_train), (eval_data, plan.num_eval)):
+        if distributed and count < config.batch_size:
+            raise InputError(f"{data}: {count} records, fewer than one batch (--batch-size "
+                             f"{config.batch_size}); training on "
+                             f"{strategy.num_replicas_in_sync} replicas needs a full batch")
     common = dict(vocab=plan.vocab, mode="sequence" if model.decodes_sequences else "multi_hot",
                   image_size=config.image_size, batch_size=config.batch_size,
-                  max_labels=plan.max_labels, rank=plan.rank, seed=config.seed)
+                  max_labels=plan.max_labels, rank=plan.rank, seed=config.seed,
+                  drop_remainder=distributed, num_workers=num_workers(strategy))
     # Keep decoded images in memory only when they fit comfortably.
     cache = plan.num_train * config.image_size ** 2 * 3 < (2 << 30)
     train_ds = make_dataset(train_data, training=True, augment=config.augmentation(),
@@ -255,10 +296,20 @@ def decoded_validation_dataset(config: TrainConfig, plan: TrainPlan, eval_data):
 
 def compile_model(model, config: TrainConfig, plan: TrainPlan, eval_ds) -> None:
     """Builds the weights (BackupAndRestore needs a built model) and compiles."""
-    sample_inputs, _ = next(iter(eval_ds.take(1)))
+    sample_inputs, sample_targets = next(iter(eval_ds.take(1)))
     model(sample_inputs)
     total = plan.steps_per_epoch(config) * plan.epochs
     model.compile(optimizer=make_optimizer(config, total), loss=make_loss(config))
+    if is_multi_worker(tf.distribute.get_strategy()):
+        # Keras 3.12's fit() on a model created in a strategy scope first builds it
+        # "symbolically" from strategy.reduce(MEAN) over a whole input batch, which
+        # MultiWorkerMirroredStrategy cannot do for a dict of tensors (keras-team/keras
+        # #20329). Built here (model, loss trackers, optimizer), there is nothing left
+        # for that step to build, and Keras skips it for a model not tied to a strategy;
+        # fit() runs inside strategy.scope() and takes the strategy from there.
+        model.compute_loss(sample_inputs, sample_targets, model(sample_inputs))
+        model.optimizer.build(model.trainable_variables)
+        model._distribute_strategy = None
 
 
 def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
@@ -293,15 +344,22 @@ def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
 
 def fit(model, config: TrainConfig, plan: TrainPlan, train_ds, eval_ds, out_dir: str, *,
         verbose: int = 1, extra_callbacks=None, data_names=("train", "eval"),
-        decoded_ds=None) -> Dict[str, List[float]]:
+        resume_from: Optional[str] = None, decoded_ds=None) -> Dict[str, List[float]]:
     """model.fit with the project's callbacks; resumes from out_dir/backup. Returns the history.
 
+    ``resume_from``: another backup folder to resume from (a non-chief worker, whose
+    out_dir is temporary, resumes from the chief's: the weights of all workers are equal).
     ``decoded_ds``: the validation split for DecodedValidation (``--monitor val_f1|val_map``).
     """
     callbacks = (training_callbacks(config, plan, out_dir, verbose, decoded_ds)
                  + list(extra_callbacks or []))
     backup = join(out_dir, BACKUP_DIR)
+    if resume_from and resume_from != backup and _backup_epoch(resume_from) is not None:
+        copy_tree(resume_from, backup)
     resumed = _backup_epoch(backup)
+    strategy = tf.distribute.get_strategy()
+    if is_multi_worker(strategy):
+        _check_workers_resume_alike(strategy, resumed)
     if resumed is not None:
         message = f"resuming from {backup} (epoch {resumed} of {plan.epochs} done)"
         log.info(message)
@@ -323,6 +381,22 @@ def fit(model, config: TrainConfig, plan: TrainPlan, train_ds, eval_ds, out_dir:
                          f"training ({detail}); the resume checkpoint is kept in "
                          f"{backup}") from None
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def _check_workers_resume_alike(strategy: tf.distribute.Strategy, epoch: Optional[int]) -> None:
+    """All workers must start from the same epoch (and weights), or their collective steps
+    part ways; a worker that cannot read the chief's MODEL_DIR would start afresh."""
+    value = float(-1 if epoch is None else epoch)
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda _: tf.constant([1.0, value, value * value], tf.float64))
+    n, total, squares = strategy.reduce("SUM", per_replica, axis=None).numpy()
+    if n * squares != total * total:  # equal everywhere exactly when the variance is 0
+        mine = "none" if epoch is None else f"{epoch} epochs done"
+        raise InputError(
+            f"the workers of {TF_CONFIG} would not resume from the same point (this one: "
+            f"{mine}): every worker must read the chief's --out folder (keep it on storage all "
+            f"of them reach: gs://, s3://, a shared volume), or remove its {BACKUP_DIR}/ "
+            f"folder to start afresh")
 
 
 def calibrate_thresholds(model, config: TrainConfig, plan: TrainPlan, eval_data):

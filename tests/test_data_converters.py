@@ -313,3 +313,87 @@ def test_output_path_is_a_file(voc_root, tmp_path):
     with pytest.raises(InputError, match="not a folder"):
         convert_voc(str(voc_root), "train", str(tmp_path / "file"))
     assert converters.ConversionSummary("d", 1).num_labels == 0
+
+
+# --------------------------------------------------------------------------- bad images, label counts
+
+
+def _label_counts(folder):
+    return json.loads((folder / "label_counts.json").read_text())
+
+
+def test_label_counts_file(csv_dir, tmp_path):
+    (csv_dir / "l.csv").write_text("image,labels\nimg/a.png,cat|dog\nimg/b.jpg,dog\n"
+                                   "img/c, d.png,x\n".replace("img/c, d.png", '"img/c, d.png"'))
+    summary = convert_csv(str(csv_dir / "l.csv"), str(tmp_path / "out"), records_per_shard=2)
+    assert _label_counts(tmp_path / "out") == {
+        "num_examples": 3, "label_counts": {"cat": 1, "dog": 2, "x": 1},
+        "shards": ["data-00000-of-00002.tfrecord.gz", "data-00001-of-00002.tfrecord.gz"]}
+    assert summary.labels == {"cat": 1, "dog": 2, "x": 1}
+    assert not (tmp_path / "out" / "skipped.csv").exists() and summary.report == ""
+
+
+def _csv_with_bad_images(csv_dir):
+    data = (csv_dir / "img" / "a.png").read_bytes()
+    (csv_dir / "img" / "broken.png").write_bytes(data[: len(data) // 2])
+    (csv_dir / "l.csv").write_text(
+        "image,labels\n"
+        "img/a.png,cat\n"
+        "img/missing.png,dog\n"     # line 3
+        "img/b.jpg,dog|cat\n"
+        "notes.txt,cat\n"           # line 5
+        "img/broken.png,bird\n"     # line 6
+        "img/e.bmp,fish\n", encoding="utf-8")
+    return csv_dir / "l.csv"
+
+
+def test_csv_skip_bad_images_writes_a_report(csv_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = convert_csv(str(_csv_with_bad_images(csv_dir)), str(out), on_bad_image="skip")
+    assert (summary.written, summary.skipped, summary.bad_images) == (3, 3, 3)
+    assert set(_records(out)) == {"img/a.png", "img/b.jpg", "img/e.bmp"}
+    assert summary.labels == {"cat": 2, "dog": 1, "fish": 1}  # bird's only image was bad
+    assert _label_counts(out)["label_counts"] == summary.labels
+    assert summary.report == str(out / "skipped.csv")
+    assert "skipped 3 images (3 bad image files listed in" in str(summary)
+    import csv
+    with open(out / "skipped.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [os.path.basename(r["file"]) for r in rows] == ["missing.png", "notes.txt", "broken.png"]
+    assert [r["source"].rsplit(": ", 1)[1] for r in rows] == ["line 3", "line 5", "line 6"]
+    assert rows[0]["reason"] == "does not exist"
+    assert rows[1]["reason"].startswith("not an image file")
+    assert rows[2]["reason"].startswith("corrupt PNG file")
+
+
+def test_csv_fail_is_the_default_and_names_the_file(csv_dir, tmp_path):
+    with pytest.raises(InputError, match=r"l\.csv: line 3: image file .*missing\.png does not exist"):
+        convert_csv(str(_csv_with_bad_images(csv_dir)), str(tmp_path / "out"))
+    _assert_nothing_left(tmp_path / "out")
+
+
+def test_skip_with_every_image_bad_fails_and_leaves_nothing(csv_dir, tmp_path):
+    (csv_dir / "l.csv").write_text("image,labels\nimg/nope.png,cat\nnotes.txt,dog\n")
+    with pytest.raises(InputError, match=r"all 2 image files are bad, nothing to write "
+                                         r"\(the first: .*line 2: image file .*nope\.png"):
+        convert_csv(str(csv_dir / "l.csv"), str(tmp_path / "new" / "out"), on_bad_image="skip")
+    _assert_nothing_left(tmp_path / "new")
+    with pytest.raises(InputError, match="on_bad_image: must be one of fail, skip"):
+        convert_csv(str(csv_dir / "l.csv"), str(tmp_path / "out"), on_bad_image="ignore")
+
+
+def test_coco_and_voc_skip_bad_images(tmp_path, voc_root):
+    path, images, _ = _coco(tmp_path)
+    good = (images / "000000000003.jpg").read_bytes()
+    (images / "000000000003.jpg").write_bytes(good[: len(good) // 2])
+    summary = convert_coco(str(path), str(images), str(tmp_path / "coco"), on_bad_image="skip")
+    assert (summary.written, summary.skipped, summary.bad_images) == (1, 2, 1)
+    assert summary.skip_reason.startswith("1 no annotations; 1 bad image file listed in")
+    report = (tmp_path / "coco" / "skipped.csv").read_text().splitlines()
+    assert report[1].startswith(f"{images / '000000000003.jpg'},corrupt JPEG file")
+    assert report[1].endswith("instances.json: image id 3")
+    os.remove(voc_root / "JPEGImages" / "2008_000001.jpg")
+    summary = convert_voc(str(voc_root), "train", str(tmp_path / "voc"), on_bad_image="skip")
+    assert (summary.written, summary.skipped, summary.bad_images) == (1, 2, 1)
+    assert set(_records(tmp_path / "voc")) == {"2008_000003"}
+    assert "2008_000001.jpg,does not exist," in (tmp_path / "voc" / "skipped.csv").read_text()

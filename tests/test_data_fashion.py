@@ -1,6 +1,7 @@
 """Tests of the IDX reader and the Fashion-MNIST outfits builder (tiny fake sources)."""
 import gzip
 import io
+import json
 import os
 import struct
 from collections import Counter
@@ -192,6 +193,11 @@ def test_build_counts_labels_and_splits(fake_source, tmp_path):
     )
     assert summary["train"].written == 60 and summary["test"].written == 25
     assert sum(summary["train"].labels.values()) >= 60
+    for split in ("train", "test"):  # label_counts.json: the counts without a scan
+        counts = json.loads((out / split / "label_counts.json").read_text())
+        assert counts == {"num_examples": summary[split].written,
+                          "label_counts": summary[split].labels,
+                          "shards": [os.path.basename(p) for p in summary[split].shards]}
     used_items = Counter()
     for split, n in (("train", 60), ("test", 25)):
         records = list(iter_records(str(out / split)))

@@ -2,10 +2,12 @@
 
 * :mod:`cnnrnn_tf.data.fashion_outfits`: the built-in default data set,
   Fashion-MNIST items composed into multi-label outfit scenes.
-* :mod:`cnnrnn_tf.data.converters`: CSV, MS-COCO and Pascal VOC converters.
+* :mod:`cnnrnn_tf.data.converters`: CSV, MS-COCO and Pascal VOC converters
+  (:mod:`cnnrnn_tf.data.beam_writer`: their Apache Beam path).
 * :mod:`cnnrnn_tf.data.idx`: the IDX (MNIST) file reader.
 """
 from cnnrnn_tf.data.converters import (
+    BadImageError,
     ConversionSummary,
     convert_coco,
     convert_csv,
@@ -24,6 +26,7 @@ from cnnrnn_tf.data.fashion_outfits import (
 from cnnrnn_tf.data.idx import read_idx, read_idx_images, read_idx_labels, write_idx
 
 __all__ = [
+    "BadImageError",
     "ConversionSummary",
     "OUTFIT_LABELS",
     "OUTFIT_STYLES",

@@ -23,6 +23,24 @@ Errors
     message naming the file (and the CSV line, JSON entry or XML file). On any
     error nothing is left behind: partial shards are deleted, and the output
     folder (and any parent folders the converter created) is removed again.
+    With ``on_bad_image="skip"`` an image file that is missing, unreadable,
+    corrupt or too large is left out instead, and listed in ``OUT/skipped.csv``
+    (columns ``file,reason,source``); a conversion that would write nothing
+    still fails.
+
+Two ways to run
+    The annotations (CSV rows, COCO JSON, VOC XML) are always parsed here, into
+    a list of :class:`ImageItem` (image path, labels, id). The images are then
+    read, checked and written either in this process (the default, with an
+    optional progress bar) or, with ``beam=True``, by an Apache Beam pipeline
+    (:mod:`cnnrnn_tf.data.beam_writer`; the DirectRunner with 2 worker
+    processes unless ``beam_args`` say otherwise). Both write the same records
+    in the same shard format.
+
+Beside the shards
+    ``OUT/label_counts.json``: ``{"num_examples": N, "label_counts": {label:
+    count}, "shards": [shard file names]}``, so a reader can learn the
+    vocabulary without scanning the records.
 """
 from __future__ import annotations
 
@@ -34,17 +52,20 @@ import os
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf import uri
-from cnnrnn_tf.io_utils import read_bytes
+from cnnrnn_tf.io_utils import read_bytes, write_json, write_text_atomic
 from cnnrnn_tf.preprocessing import TOO_LARGE_MESSAGE, image_too_large
 from cnnrnn_tf.schema import SHARD_GLOB, ShardWriter, image_format, make_example, validate_label
 
 DEFAULT_RECORDS_PER_SHARD = 2048
+ON_BAD_IMAGE = ("fail", "skip")
+LABEL_COUNTS_FILE = "label_counts.json"
+SKIPPED_FILE = "skipped.csv"
 
 # Formats that are decoded with Pillow and stored as PNG.
 CONVERTED_FORMATS: Tuple[str, ...] = ("BMP", "GIF", "WEBP", "TIFF", "PPM")
@@ -57,10 +78,13 @@ class ConversionSummary:
     Attributes:
         out_dir: the data folder written.
         written: number of examples written.
-        skipped: number of images left out (see ``skip_reason``).
+        skipped: number of images left out (see ``skip_reason``), bad image
+            files (``on_bad_image="skip"``) included.
         labels: label name -> number of examples that carry it.
         shards: paths of the shards written.
         skip_reason: why images were skipped ("" when none were).
+        bad_images: how many of the skipped images were bad image files.
+        report: the file listing them (``OUT/skipped.csv``; "" when none).
     """
 
     out_dir: str
@@ -69,6 +93,8 @@ class ConversionSummary:
     labels: Dict[str, int] = field(default_factory=dict)
     shards: Tuple[str, ...] = ()
     skip_reason: str = ""
+    bad_images: int = 0
+    report: str = ""
 
     @property
     def num_labels(self) -> int:
@@ -159,8 +185,22 @@ def _to_png(image) -> bytes:
     return buf.getvalue()
 
 
+class BadImageError(InputError):
+    """An image file that cannot be used: missing, unreadable, not an image, corrupt, too large.
+
+    ``str(error)`` is the usual one-line message (``"<where>: <path>: <reason>"``
+    or the like); ``path`` and ``reason`` (that message without the location)
+    are what ``OUT/skipped.csv`` lists under ``on_bad_image="skip"``.
+    """
+
+    def __init__(self, message: str, path: str, reason: str):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
 def read_image_file(path: str, where: str) -> bytes:
-    """Returns PNG/JPEG bytes for an image file, or raises InputError.
+    """Returns PNG/JPEG bytes for an image file, or raises BadImageError (an InputError).
 
     PNG and JPEG files must decode with Pillow and are returned unchanged; the
     formats in CONVERTED_FORMATS are re-encoded as PNG. ``where`` prefixes the
@@ -168,49 +208,198 @@ def read_image_file(path: str, where: str) -> bytes:
     """
     from PIL import Image, UnidentifiedImageError
 
-    data = read_bytes(path, "image file", where)
+    def bad(reason: str, message: Optional[str] = None) -> BadImageError:
+        return BadImageError(message or f"{where}: {path}: {reason}", path, reason)
+
+    try:
+        data = read_bytes(path, "image file", where)
+    except InputError as exc:  # "<where>: image file <path> does not exist" and the like
+        message = str(exc)
+        prefix = f"{where}: image file {path} "
+        reason = message[len(prefix):] if message.startswith(prefix) else message
+        raise bad(reason, message) from None
     fmt = image_format(data)
     allowed = ["PNG"] if fmt == "png" else ["JPEG"] if fmt == "jpeg" else list(CONVERTED_FORMATS)
     try:
         with Image.open(io.BytesIO(data), formats=allowed) as image:
             if image_too_large(*image.size):  # from the header, before decoding
-                raise InputError(f"{where}: {path}: {TOO_LARGE_MESSAGE} "
-                                 f"({image.size[0]}x{image.size[1]})")
+                raise bad(f"{TOO_LARGE_MESSAGE} ({image.size[0]}x{image.size[1]})")
             image.load()
             if fmt is not None:
                 return data
             return _to_png(image)
-    except InputError:
+    except BadImageError:
         raise
     except UnidentifiedImageError:
-        raise InputError(
-            f"{where}: {path} is not an image file (expected PNG or JPEG; "
-            f"{', '.join(CONVERTED_FORMATS)} are converted to PNG)"
-        ) from None
+        reason = (f"not an image file (expected PNG or JPEG; "
+                  f"{', '.join(CONVERTED_FORMATS)} are converted to PNG)")
+        raise bad(reason, f"{where}: {path} is {reason}") from None
     except Image.DecompressionBombError as exc:
-        raise InputError(f"{where}: {path}: image too large ({exc})") from None
+        raise bad(f"image too large ({exc})") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
         kind = fmt.upper() if fmt else "image"
-        raise InputError(f"{where}: {path}: corrupt {kind} file ({exc})") from None
+        raise bad(f"corrupt {kind} file ({exc})") from None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class ImageItem(NamedTuple):
+    """One image to convert, as the annotations give it (parsed in the driver).
+
+    ``where`` locates it in the annotations for messages (``"data.csv: line 3"``).
+    """
+
+    path: str
+    labels: Tuple[str, ...]
+    image_id: str
+    where: str
+
+
+class BadImage(NamedTuple):
+    """An image left out under ``on_bad_image="skip"`` (a line of ``OUT/skipped.csv``)."""
+
+    index: int  # position in the list of items
+    path: str
+    reason: str
+    where: str
+    message: str
+
+    @classmethod
+    def from_error(cls, index: int, item: ImageItem, exc: BadImageError) -> "BadImage":
+        return cls(index, item.path, exc.reason, item.where, str(exc))
+
+
+class WriteResult(NamedTuple):
+    """What the single-process writer or the Beam pipeline wrote."""
+
+    count: int
+    label_counts: Dict[str, int]
+    shards: Tuple[str, ...]
+    bad: Tuple[BadImage, ...] = ()
+    report: str = ""
+
+
+def check_on_bad_image(on_bad_image: str) -> None:
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise InputError(f"on_bad_image: must be one of {', '.join(ON_BAD_IMAGE)}, "
+                         f"got {on_bad_image!r}")
+
+
+def all_bad_message(bad: Sequence[BadImage]) -> str:
+    """The error when every image was bad (``on_bad_image="skip"`` wrote nothing)."""
+    return (f"all {len(bad)} image file{'s' if len(bad) != 1 else ''} are bad, nothing to write "
+            f"(the first: {bad[0].message})")
+
+
+def write_sidecar_files(out_dir: str, result: WriteResult) -> List[str]:
+    """Writes ``label_counts.json`` (and ``skipped.csv`` when images were skipped).
+
+    Returns the paths written (for :func:`output_guard`'s clean-up list).
+    """
+    written = []
+    if result.bad:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["file", "reason", "source"])
+        for bad in result.bad:
+            writer.writerow([bad.path, bad.reason, bad.where])
+        path = uri.join(out_dir, SKIPPED_FILE)
+        write_text_atomic(path, buf.getvalue())
+        written.append(path)
+    path = uri.join(out_dir, LABEL_COUNTS_FILE)
+    write_label_counts(path, result.count, result.label_counts, result.shards)
+    written.append(path)
+    return written
+
+
+def write_label_counts(path: str, num_examples: int, label_counts: Dict[str, int],
+                       shards: Iterable[str]) -> None:
+    """Writes ``{"num_examples", "label_counts", "shards"}`` (shard file names) as JSON."""
+    write_json(path, {
+        "num_examples": int(num_examples),
+        "label_counts": {k: int(v) for k, v in sorted(label_counts.items())},
+        "shards": sorted(uri.basename(s) for s in shards),
+    })
+
+
+def _progress_bar(total: int):
+    """A Keras progress bar (shown when stdout is a terminal)."""
+    import keras
+
+    return keras.utils.Progbar(total, unit_name="image")
 
 
 def _write(
     out_dir: str,
-    examples,
+    items: Sequence[ImageItem],
     records_per_shard: int,
-    empty_message: str,
-) -> Tuple[int, Dict[str, int], Tuple[str, ...]]:
-    """Writes (image, labels, id) triples; all-or-nothing. Returns count, label counts, shards."""
+    on_bad_image: str = "fail",
+    progress: bool = False,
+) -> WriteResult:
+    """Reads, checks and writes the images in this process; all-or-nothing."""
     check_no_shards(out_dir)
     label_counts: Counter = Counter()
-    with output_guard(out_dir):
+    bad: List[BadImage] = []
+    bar = _progress_bar(len(items)) if progress else None
+    with output_guard(out_dir) as written:
         with ShardWriter(out_dir, records_per_shard=records_per_shard) as writer:
-            for image, labels, image_id in examples:
-                writer.write_record(image, labels, image_id)
-                label_counts.update(labels)
+            for index, item in enumerate(items):
+                try:
+                    image = read_image_file(item.path, item.where)
+                except BadImageError as exc:
+                    if on_bad_image == "fail":
+                        raise
+                    bad.append(BadImage.from_error(index, item, exc))
+                else:
+                    writer.write_record(image, item.labels, item.image_id)
+                    label_counts.update(item.labels)
+                if bar is not None and (index % 64 == 63 or index + 1 == len(items)):
+                    bar.update(index + 1, finalize=index + 1 == len(items))
             if writer.count == 0:
-                raise InputError(empty_message)
-    return writer.count, dict(sorted(label_counts.items())), tuple(writer.paths)
+                raise InputError(all_bad_message(bad))
+        written.extend(writer.paths)
+        result = WriteResult(writer.count, dict(sorted(label_counts.items())),
+                             tuple(writer.paths), tuple(bad))
+        sidecars = write_sidecar_files(out_dir, result)
+        written.extend(sidecars)
+    return result._replace(report=sidecars[0] if bad else "")
+
+
+def _convert(
+    items: Sequence[ImageItem],
+    out_dir: str,
+    empty_message: str,
+    *,
+    records_per_shard: int,
+    on_bad_image: str,
+    beam: bool,
+    beam_args: Sequence[str],
+    direct_num_workers: int,
+    progress: bool,
+) -> WriteResult:
+    """Writes the items in this process or with Beam; InputError when there are none."""
+    if not items:
+        raise InputError(empty_message)
+    if beam:
+        from cnnrnn_tf.data.beam_writer import write_with_beam
+
+        return write_with_beam(items, out_dir, records_per_shard=records_per_shard,
+                               on_bad_image=on_bad_image, beam_args=beam_args,
+                               direct_num_workers=direct_num_workers)
+    return _write(out_dir, items, records_per_shard, on_bad_image, progress)
+
+
+def _summary(out_dir: str, result: WriteResult, empty: int = 0, empty_reason: str = ""):
+    """The ConversionSummary of a write, with ``empty`` images left out for ``empty_reason``."""
+    reasons = []
+    if empty:
+        reasons.append(f"{empty} {empty_reason}" if result.bad else empty_reason)
+    if result.bad:
+        reasons.append(f"{len(result.bad)} bad image file{'s' if len(result.bad) != 1 else ''}"
+                       f" listed in {result.report}")
+    return ConversionSummary(out_dir, result.count, empty + len(result.bad), result.label_counts,
+                             result.shards, "; ".join(reasons), len(result.bad), result.report)
 
 
 def _check_records_per_shard(records_per_shard: int) -> None:
@@ -250,6 +439,11 @@ def convert_csv(
     label_sep: str = "|",
     *,
     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
+    on_bad_image: str = "fail",
+    beam: bool = False,
+    beam_args: Sequence[str] = (),
+    direct_num_workers: int = 2,
+    progress: bool = False,
 ) -> ConversionSummary:
     """Converts a CSV file ``image,labels`` to a data folder of shards.
 
@@ -262,19 +456,40 @@ def convert_csv(
     Errors name the CSV and the line number (line 1 is the header).
 
     Returns:
-        A ConversionSummary (skipped is always 0: every row is written or the
-        conversion fails).
+        A ConversionSummary (skipped counts only bad image files left out under
+        ``on_bad_image="skip"``: every other row is written or the conversion fails).
+
+    Writing (the same for every converter):
+        on_bad_image: "fail" (default) stops at the first bad image file with an
+            InputError naming it; "skip" leaves bad image files out and lists them
+            in ``OUT/skipped.csv``.
+        beam: read and write the images with an Apache Beam pipeline (needs
+            ``apache-beam``; see :mod:`cnnrnn_tf.data.beam_writer`).
+        beam_args: Beam pipeline arguments (e.g. ``["--runner=DataflowRunner", ...]``).
+        direct_num_workers: worker processes of the local DirectRunner.
+        progress: show a progress bar (single-process path only).
     """
     csv_path = os.fspath(csv_path)
     out_dir = os.fspath(out_dir)
     if not isinstance(label_sep, str) or not label_sep:
         raise InputError("label_sep: must be a non-empty string")
     _check_records_per_shard(records_per_shard)
+    check_on_bad_image(on_bad_image)
     text = _read_csv_text(csv_path)
     uri.ensure_filesystems(csv_path, out_dir)
+    items = _csv_items(csv_path, text, label_sep)
+    result = _convert(items, out_dir, f"{csv_path}: no rows after the header",
+                      records_per_shard=records_per_shard, on_bad_image=on_bad_image,
+                      beam=beam, beam_args=beam_args, direct_num_workers=direct_num_workers,
+                      progress=progress)
+    return _summary(out_dir, result)
+
+
+def _csv_items(csv_path: str, text: str, label_sep: str) -> List[ImageItem]:
+    """The rows of a CSV ``image,labels`` as ImageItems (the images are not read here)."""
     base = uri.dirname(uri.absolute(csv_path))
 
-    def examples():
+    def rows():
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # e.g. an open quote
         header: Optional[List[str]] = None
         image_col = labels_col = -1
@@ -306,16 +521,13 @@ def convert_csv(
                     raise InputError(f"{where}: image {image_ref}: no labels")
                 path = (image_ref if os.path.isabs(image_ref) or uri.scheme(image_ref)
                         else uri.join(base, image_ref))
-                yield read_image_file(path, where), labels, image_ref
+                yield ImageItem(path, tuple(labels), image_ref, where)
         except csv.Error as exc:
             raise InputError(f"{csv_path}: line {reader.line_num}: malformed CSV ({exc})") from None
         if header is None:
             raise InputError(f"{csv_path}: empty CSV file (expected a header 'image,labels')")
 
-    written, labels, shards = _write(
-        out_dir, examples(), records_per_shard, f"{csv_path}: no rows after the header"
-    )
-    return ConversionSummary(out_dir, written, 0, labels, shards)
+    return list(rows())
 
 
 # --------------------------------------------------------------------------- COCO
@@ -362,6 +574,11 @@ def convert_coco(
     skip_empty: bool = True,
     *,
     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
+    on_bad_image: str = "fail",
+    beam: bool = False,
+    beam_args: Sequence[str] = (),
+    direct_num_workers: int = 2,
+    progress: bool = False,
 ) -> ConversionSummary:
     """Converts an MS-COCO instances JSON file to a data folder of shards.
 
@@ -372,11 +589,22 @@ def convert_coco(
     and is the ``image/id``. Images without annotations are skipped (and
     counted) when skip_empty, else written without labels (usable for
     prediction only). Examples are written in the order of ``images``.
+
+    Writing (the same for every converter):
+        on_bad_image: "fail" (default) stops at the first bad image file with an
+            InputError naming it; "skip" leaves bad image files out and lists them
+            in ``OUT/skipped.csv``.
+        beam: read and write the images with an Apache Beam pipeline (needs
+            ``apache-beam``; see :mod:`cnnrnn_tf.data.beam_writer`).
+        beam_args: Beam pipeline arguments (e.g. ``["--runner=DataflowRunner", ...]``).
+        direct_num_workers: worker processes of the local DirectRunner.
+        progress: show a progress bar (single-process path only).
     """
     annotations_path = os.fspath(annotations_path)
     images_dir = os.fspath(images_dir)
     out_dir = os.fspath(out_dir)
     _check_records_per_shard(records_per_shard)
+    check_on_bad_image(on_bad_image)
     path = annotations_path
     data = _load_json(path)
     if not isinstance(data, dict):
@@ -423,26 +651,21 @@ def convert_coco(
         if names[cat_id] not in labels:
             labels.append(names[cat_id])
 
-    skipped = Counter()
+    items: List[ImageItem] = []
+    empty = 0
+    for img_id, file_name in file_names.items():
+        labels = labels_of.get(img_id, [])
+        if not labels and skip_empty:
+            empty += 1
+            continue
+        items.append(ImageItem(uri.join(images_dir, file_name), tuple(labels), file_name,
+                               f"{path}: image id {img_id!r}"))
 
-    def examples():
-        for img_id, file_name in file_names.items():
-            labels = labels_of.get(img_id, [])
-            if not labels and skip_empty:
-                skipped["empty"] += 1
-                continue
-            image_path = uri.join(images_dir, file_name)
-            image = read_image_file(image_path, f"{path}: image id {img_id!r}")
-            yield image, labels, file_name
-
-    written, label_counts, shards = _write(
-        out_dir, examples(), records_per_shard,
-        f"{path}: no image has annotations (nothing to write)",
-    )
-    return ConversionSummary(
-        out_dir, written, skipped["empty"], label_counts, shards,
-        "no annotations" if skipped["empty"] else "",
-    )
+    result = _convert(items, out_dir, f"{path}: no image has annotations (nothing to write)",
+                      records_per_shard=records_per_shard, on_bad_image=on_bad_image,
+                      beam=beam, beam_args=beam_args, direct_num_workers=direct_num_workers,
+                      progress=progress)
+    return _summary(out_dir, result, empty, "no annotations")
 
 
 # --------------------------------------------------------------------------- VOC
@@ -494,6 +717,11 @@ def convert_voc(
     include_difficult: bool = False,
     *,
     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
+    on_bad_image: str = "fail",
+    beam: bool = False,
+    beam_args: Sequence[str] = (),
+    direct_num_workers: int = 2,
+    progress: bool = False,
 ) -> ConversionSummary:
     """Converts a Pascal VOC split to a data folder of shards.
 
@@ -504,10 +732,21 @@ def convert_voc(
     deduplicated in file order; objects marked ``<difficult>1</difficult>`` are
     left out unless include_difficult. Images left with no label are skipped
     and counted. ``image/id`` is the VOC id.
+
+    Writing (the same for every converter):
+        on_bad_image: "fail" (default) stops at the first bad image file with an
+            InputError naming it; "skip" leaves bad image files out and lists them
+            in ``OUT/skipped.csv``.
+        beam: read and write the images with an Apache Beam pipeline (needs
+            ``apache-beam``; see :mod:`cnnrnn_tf.data.beam_writer`).
+        beam_args: Beam pipeline arguments (e.g. ``["--runner=DataflowRunner", ...]``).
+        direct_num_workers: worker processes of the local DirectRunner.
+        progress: show a progress bar (single-process path only).
     """
     root = os.fspath(root)
     out_dir = os.fspath(out_dir)
     _check_records_per_shard(records_per_shard)
+    check_on_bad_image(on_bad_image)
     if not isinstance(split, str) or not split.strip() or os.sep in split or "/" in split:
         raise InputError(f"split: bad split name {split!r} (expected e.g. 'train', 'val', 'trainval')")
     uri.ensure_filesystems(root, out_dir)
@@ -515,26 +754,23 @@ def convert_voc(
         raise InputError(f"{root}: VOC root folder does not exist")
     split_path = uri.join(root, "ImageSets", "Main", f"{split}.txt")
     ids = _read_split_ids(split_path)
-    skipped = Counter()
+    items: List[ImageItem] = []
+    empty = 0
+    for image_id in ids:
+        xml_path = uri.join(root, "Annotations", f"{image_id}.xml")
+        labels: List[str] = []
+        for name, difficult in _voc_objects(xml_path):
+            if (include_difficult or not difficult) and name not in labels:
+                labels.append(name)
+        if not labels:
+            empty += 1
+            continue
+        items.append(ImageItem(uri.join(root, "JPEGImages", f"{image_id}.jpg"), tuple(labels),
+                               image_id, f"{split_path}: id {image_id}"))
 
-    def examples():
-        for image_id in ids:
-            xml_path = uri.join(root, "Annotations", f"{image_id}.xml")
-            labels: List[str] = []
-            for name, difficult in _voc_objects(xml_path):
-                if (include_difficult or not difficult) and name not in labels:
-                    labels.append(name)
-            if not labels:
-                skipped["empty"] += 1
-                continue
-            jpeg_path = uri.join(root, "JPEGImages", f"{image_id}.jpg")
-            yield read_image_file(jpeg_path, f"{split_path}: id {image_id}"), labels, image_id
-
-    written, label_counts, shards = _write(
-        out_dir, examples(), records_per_shard,
-        f"{split_path}: no image has a (non-difficult) object (nothing to write)",
-    )
-    return ConversionSummary(
-        out_dir, written, skipped["empty"], label_counts, shards,
-        "no objects, or only difficult ones" if skipped["empty"] else "",
-    )
+    result = _convert(items, out_dir,
+                      f"{split_path}: no image has a (non-difficult) object (nothing to write)",
+                      records_per_shard=records_per_shard, on_bad_image=on_bad_image,
+                      beam=beam, beam_args=beam_args, direct_num_workers=direct_num_workers,
+                      progress=progress)
+    return _summary(out_dir, result, empty, "no objects, or only difficult ones")

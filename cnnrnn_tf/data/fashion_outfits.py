@@ -78,9 +78,11 @@ from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from cnnrnn_tf.data.converters import (
+    LABEL_COUNTS_FILE,
     ConversionSummary,
     check_no_shards,
     output_guard,
+    write_label_counts,
 )
 from cnnrnn_tf.data.idx import read_idx_images, read_idx_labels
 from cnnrnn_tf import uri
@@ -526,6 +528,9 @@ def build_fashion_outfits(
                         print(f"fashion-outfits: {split} {i + 1}/{count} scenes", file=sys.stderr,
                               flush=True)
             written.extend(writer.paths)
+            counts_file = uri.join(split_dirs[split], LABEL_COUNTS_FILE)
+            write_label_counts(counts_file, writer.count, label_counts, writer.paths)
+            written.append(counts_file)
             summaries[split] = ConversionSummary(
                 split_dirs[split], writer.count, 0,
                 {label: label_counts[label] for label in OUTFIT_LABELS if label_counts[label]},

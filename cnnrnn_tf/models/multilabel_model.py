@@ -9,6 +9,10 @@ from typing import Dict, List, Tuple
 
 import keras
 import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from cnnrnn_tf.cluster import is_multi_worker
 
 
 class MultiLabelModel(keras.Model):
@@ -33,6 +37,21 @@ class MultiLabelModel(keras.Model):
     jit_decode = False
     thresholded = False
     attends = False  # True: attention_maps(images, label_ids) says where each label came from
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Keras's step logs; on a replica of a multi-worker strategy each with a batch axis.
+
+        Keras 3.12 averages a step's logs over the workers of a MultiWorkerMirroredStrategy
+        with ``strategy.reduce("MEAN", value, axis=0)``, which fails on a scalar ("Invalid
+        reduction dimension 0 for input with 0 dimensions", tensorflow/tensorflow#72388).
+        With shape [1] it gives the mean over the replicas, as MirroredStrategy does.
+        """
+        logs = super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if tf.distribute.in_cross_replica_context() or not is_multi_worker(
+                tf.distribute.get_strategy()):
+            return logs
+        return keras.tree.map_structure(
+            lambda v: ops.reshape(v, (1,)) if len(ops.shape(v)) == 0 else v, logs)
 
     def calibrate(self, y_true, y_score, metric: str = "OF1", per_class: bool = False):
         """Sets the decision thresholds from validation truth / scores; returns a summary."""
