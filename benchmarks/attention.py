@@ -56,9 +56,9 @@ def make_data(args, name):
     if name in ("outfits", "control"):
         grammar = "outfits" if name == "outfits" else "independent"
         a, b = os.path.join(root, "a"), os.path.join(root, "b")
-        cnnrnn("data", "fashion", "--out", a, "--train", str(args.train), "--test", str(args.val),
+        cnnrnn("data", "fashion-outfits", "--out", a, "--train", str(args.train), "--test", str(args.val),
                "--grammar", grammar, "--seed", "0")
-        cnnrnn("data", "fashion", "--out", b, "--train", "16", "--test", str(args.test),
+        cnnrnn("data", "fashion-outfits", "--out", b, "--train", "16", "--test", str(args.test),
                "--grammar", grammar, "--seed", "1")
         os.replace(os.path.join(a, "train"), out["train"])
         os.replace(os.path.join(a, "test"), out["val"])
