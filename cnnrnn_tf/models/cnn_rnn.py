@@ -107,7 +107,7 @@ class CNNRNN(MultiLabelModel):
         return logits + evidence, new_state + (evidence,)
 
     def call(self, inputs, training=None):
-        features = self.encoder(inputs["images"], training=training)
+        features = self.encode(inputs, training=training)
         logits = self.decoder(features, inputs["label_inputs"], training=training)
         if self.label_head is not None:
             aux_logits = self.label_head(features)

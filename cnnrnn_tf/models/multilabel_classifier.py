@@ -39,8 +39,7 @@ class MultiLabelClassifier(MultiLabelModel):
         self.classifier = keras.layers.Dense(self.num_labels, name="label_logits")
 
     def call(self, inputs, training=None):
-        images = inputs["images"] if isinstance(inputs, dict) else inputs
-        return self.logits(self.encoder(images, training=training), training=training)
+        return self.logits(self.encode(inputs, training=training), training=training)
 
     def logits(self, features, training=None):
         return ops.cast(self.classifier(self.dropout(features, training=training)), "float32")

@@ -40,6 +40,17 @@ class MultiLabelModel(keras.Model):
         """L, the length of the ``label_ids`` / ``scores`` outputs of :meth:`decode`."""
         return int(self.max_labels)
 
+    def encode(self, inputs, training=None):
+        """The image features the heads read: ``inputs["features"]`` when the batch carries
+        them (a frozen encoder's output, computed once by the input pipeline: see
+        ``cnnrnn_tf.dataset.make_dataset(encoder=...)``), else ``self.encoder(inputs["images"])``.
+        Any rank: a vector [B, D] or a feature map [B, H, W, C], whatever the encoder gives.
+        """
+        if isinstance(inputs, dict) and "features" in inputs:
+            return inputs["features"]
+        images = inputs["images"] if isinstance(inputs, dict) else inputs
+        return self.encoder(images, training=training)
+
     def decode(self, images, beam_size=None, max_labels=None) -> Dict:
         """Label sets for float32 pixels [B, S, S, 3]. A dict of tensors:
 
