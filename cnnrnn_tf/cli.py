@@ -83,6 +83,8 @@ def _train_config(args):
                   threshold=args.threshold, threshold_metric=args.threshold_metric,
                   per_class_threshold=args.per_class_threshold,
                   steps_per_epoch=args.steps_per_epoch,
+                  jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution,
+                  cache=args.cache, cache_budget_gb=args.cache_budget_gb,
                   early_stopping_patience=args.patience,
                   early_stopping=not args.no_early_stopping)
     if args.paper:
@@ -321,6 +323,17 @@ def build_parser() -> Parser:
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
                    help="default cosine decay over the planned steps (paper: constant)")
     p.add_argument("--steps-per-epoch", type=positive_int, default=None)
+    p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                   help="XLA for the training step: auto (default) on a GPU, off on the CPU")
+    p.add_argument("--steps-per-execution", type=positive_int, default=None,
+                   help="training steps per compiled call (default: chosen; a divisor of "
+                        "the steps per epoch, so epochs and callbacks stay exact)")
+    p.add_argument("--cache", choices=("auto", "memory", "disk", "none"), default="auto",
+                   help="decoded input (or frozen-encoder features): in memory when it fits "
+                        "--cache-budget-gb (auto), in a cache file under --out removed after "
+                        "training (disk), or decoded again every epoch (none)")
+    p.add_argument("--cache-budget-gb", type=non_negative_float, default=2.0,
+                   help="memory for --cache auto (default 2)")
     p.add_argument("--patience", type=non_negative_int, default=None,
                    help="early stopping patience in epochs (default: max(4, epochs/3))")
     p.add_argument("--no-early-stopping", action="store_true")

@@ -15,6 +15,8 @@ LABEL_HEADS = ("none", "aux", "evidence")
 DECODERS = ("global", "attention")
 MONITORS = ("val_f1", "val_map", "val_loss")
 LR_SCHEDULES = ("cosine", "constant")
+JIT_COMPILE = ("auto", "on", "off")
+CACHE_MODES = ("auto", "memory", "disk", "none")
 # The CNN-RNN of Wang et al. (CVPR 2016) as published: a 64-d label embedding, a 512-unit
 # LSTM, no per-label head, no masking of the labels already on the path in training, no
 # dropout, RMSprop at a constant learning rate, no early stopping (`cnnrnn train --paper`).
@@ -84,6 +86,16 @@ class TrainConfig:
     early_stopping: bool = True
     steps_per_epoch: Optional[int] = None
     validation_steps: Optional[int] = None
+    # XLA for the training step: "auto" compiles on a GPU and not on the CPU, where
+    # oneDNN without XLA was faster (BENCHMARKS.md, "Training speed"); "on" / "off" force it.
+    jit_compile: str = "auto"
+    # Training steps per tf.function call; None: chosen (cnnrnn_tf.training.
+    # choose_steps_per_execution), always a divisor of the steps per epoch.
+    steps_per_execution: Optional[int] = None
+    # The decoded input (or a frozen encoder's features): "auto" in memory when it fits
+    # cache_budget_gb, else in a cache file under MODEL_DIR; "none" re-decodes every epoch.
+    cache: str = "auto"
+    cache_budget_gb: float = 2.0
 
     def __post_init__(self):
         _choice("--model", self.model, MODELS)
@@ -96,13 +108,18 @@ class TrainConfig:
         if self.decoder != "global" and self.model != "cnn-rnn":
             raise InputError(f"--decoder {self.decoder}: only --model cnn-rnn has a label decoder")
         _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("--jit-compile", self.jit_compile, JIT_COMPILE)
+        _choice("--cache", self.cache, CACHE_MODES)
+        if not (0.0 <= float(self.cache_budget_gb) < 1e6):
+            raise InputError(f"--cache-budget-gb: {self.cache_budget_gb} is not in [0, 1e6)")
         _positive("--image-size", self.image_size, minimum=16)
         if self.image_size > 1024:
             raise InputError(f"--image-size: {self.image_size} is larger than 1024")
         _positive("--batch-size", self.batch_size)
         for flag, value in (("--epochs", self.epochs), ("--max-labels", self.max_labels),
                             ("--steps-per-epoch", self.steps_per_epoch),
-                            ("--validation-steps", self.validation_steps)):
+                            ("--validation-steps", self.validation_steps),
+                            ("--steps-per-execution", self.steps_per_execution)):
             if value is not None:
                 _positive(flag, value)
         _positive("--beam-size", self.beam_size)

@@ -1,12 +1,14 @@
 """tf.data input pipelines over the project's TFRecord shards."""
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import List, Optional, Sequence
+import json
+from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
 
-from cnnrnn_tf import schema
+from cnnrnn_tf import schema, uri
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.uri import ensure_filesystem
 from cnnrnn_tf.preprocessing import Augmentation, augment_image
@@ -15,18 +17,36 @@ from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
 
 AUTOTUNE = tf.data.AUTOTUNE
 MAX_LABELS_CAP = 16
+# Written by the converters next to the shards: {"num_examples": N, "label_counts":
+# {label: images with it}, "shards": [shard file basenames]} (an optional "max_labels",
+# the most labels of one image, spares the training split its scan).
+LABEL_COUNTS_FILE = "label_counts.json"
 
 
 @dataclasses.dataclass
 class LabelStats:
-    """What one pass over the labels of a data folder tells."""
+    """What one pass over the labels of a data folder tells (or its label_counts.json).
+
+    ``label_lists`` (one label list per record) and ``max_labels`` are None when the
+    stats come from ``label_counts.json`` (which has no per-record lists and may not
+    have the longest label set).
+    """
 
     num_examples: int
-    label_lists: List[List[str]]
-    max_labels: int
+    label_lists: Optional[List[List[str]]]
+    max_labels: Optional[int]
+    label_counts: Dict[str, int] = dataclasses.field(default_factory=dict)
+    source: str = "scan"  # "scan" or the path of the label_counts.json read
+
+    def __post_init__(self):
+        if not self.label_counts and self.label_lists is not None:
+            counter: collections.Counter = collections.Counter()
+            for labels in self.label_lists:
+                counter.update(set(labels))
+            self.label_counts = dict(counter)
 
     def vocabulary(self) -> LabelVocabulary:
-        return LabelVocabulary.from_label_lists(self.label_lists)
+        return LabelVocabulary.from_counts(self.label_counts)
 
 
 def resolve_files(data) -> List[str]:
@@ -52,12 +72,51 @@ def resolve_files(data) -> List[str]:
     raise InputError(f"{data}: data folder does not exist")
 
 
-def scan_labels(data, require_labels: bool = True) -> LabelStats:
-    """Reads only the labels of every record, shard by shard, with clear errors."""
+def read_label_counts(files: Sequence[str]) -> Optional[LabelStats]:
+    """The stats in the ``label_counts.json`` next to ``files``, or None.
+
+    None unless every file lies in one folder whose label_counts.json lists exactly
+    these shards (by basename) and parses: a folder holding more or fewer shards than
+    were written (a glob over part of it, a shard added later) falls back to a scan.
+    """
+    folders = {uri.dirname(f) for f in files}
+    if len(folders) != 1:
+        return None
+    path = uri.join(folders.pop(), LABEL_COUNTS_FILE)
+    try:
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path, "r") as f:
+            info = json.loads(f.read())
+        shards = sorted(str(x) for x in info["shards"])
+        counts = {str(k): int(v) for k, v in dict(info["label_counts"]).items()}
+        num = int(info["num_examples"])
+        longest = info.get("max_labels")
+        longest = None if longest is None else int(longest)
+    except (OSError, tf.errors.OpError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if shards != sorted(uri.basename(f) for f in files) or num <= 0:
+        return None
+    return LabelStats(num, None, longest, {k: v for k, v in counts.items() if v > 0},
+                      source=path)
+
+
+def scan_labels(data, require_labels: bool = True, use_counts_file: bool = True) -> LabelStats:
+    """The label statistics of a data folder (or glob / list of shards).
+
+    From its ``label_counts.json`` when that lists exactly the shards resolved
+    (``use_counts_file``; no record is read then, so the records are not checked either),
+    else by reading only the labels of every record, shard by shard, with clear errors.
+    """
+    files = resolve_files(data)
+    if use_counts_file:
+        stats = read_label_counts(files)
+        if stats is not None:
+            return stats
     label_lists: List[List[str]] = []
     spec = {schema.LABELS_KEY: tf.io.VarLenFeature(tf.string),
             schema.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
-    for path in resolve_files(data):
+    for path in files:
         ds = tf.data.TFRecordDataset(path, compression_type=schema.COMPRESSION).batch(1024)
         start = len(label_lists)
         try:
@@ -95,7 +154,42 @@ def scan_labels(data, require_labels: bool = True) -> LabelStats:
 
 
 def choose_max_labels(stats: LabelStats, requested: Optional[int] = None) -> int:
-    return int(requested) if requested else int(min(max(stats.max_labels, 1), MAX_LABELS_CAP))
+    if requested:
+        return int(requested)
+    if stats.max_labels is None:
+        raise ValueError("these label stats do not know the longest label set; "
+                         "scan the records (use_counts_file=False)")
+    return int(min(max(stats.max_labels, 1), MAX_LABELS_CAP))
+
+
+CACHE_MODES = ("auto", "memory", "disk", "none")
+
+
+def choose_cache(mode: str, nbytes: int, budget_gb: float) -> str:
+    """The cache a data set gets: "memory", "disk" or "none".
+
+    ``mode`` "auto": memory when the decoded set (``nbytes``) fits the budget, else disk
+    (a cache file read back every later epoch instead of re-decoding the images).
+    """
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {CACHE_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "memory" if nbytes <= float(budget_gb) * (1 << 30) else "disk"
+
+
+def _without_autotune_thread(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Turns off tf.data's autotuning model thread (AUTOTUNE values become fixed defaults).
+
+    With it on (TF 2.16), destroying an iterator often blocks the caller until that
+    thread's next wake-up, ~20 s measured here; Keras destroys the validation iterator at
+    every epoch, and the training iterator at every epoch end when the data set's length
+    is unknown. That stall, not the model, was the later-epoch slowdown of CNN-RNN
+    (see BENCHMARKS.md, "Training speed").
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def make_dataset(
@@ -110,13 +204,15 @@ def make_dataset(
     seed: int = 0,
     training: bool = False,
     augment=False,
-    cache: bool = True,
+    cache: Union[bool, str] = True,
     repeat: bool = False,
     with_ids: bool = False,
     rank: Optional[Sequence[int]] = None,
     preprocessor: Optional[Preprocessor] = None,
     drop_remainder: bool = False,
     num_workers: int = 1,
+    encoder=None,
+    encode_batch_size: Optional[int] = None,
 ) -> tf.data.Dataset:
     """Batches for Keras, built by the :class:`~cnnrnn_tf.preprocessor.Preprocessor`.
 
@@ -128,7 +224,14 @@ def make_dataset(
     Images are float32 [B, S, S, 3] pixels in [0, 255] with uint8 values (exactly what the
     serving signatures compute). ``rank``: the label order as a rank per vocabulary index
     (default: from ``label_order`` and ``seed``). Shards are read in parallel (interleaved;
-    in file order unless training, where the file order is shuffled too).
+    training shuffles the file order too); mode "eval" keeps the file order.
+
+    ``cache``: True (or "memory") keeps the decoded examples in memory, a path caches them
+    to that file, False / "none" re-decodes every epoch.
+    ``encoder``: a frozen image encoder (keras.Model): its features are computed once, in
+    batches of ``encode_batch_size`` (default ``batch_size``), ``encoder(images,
+    training=False)``, and cached instead of the images: the batches carry "features"
+    (the encoder's output, any rank) in place of "images". Not with ``augment``.
     ``augment`` (training only): True for colour jitter, or a
     :class:`~cnnrnn_tf.preprocessing.Augmentation`.
     ``batch_size`` is the global batch: a distribution strategy splits it over its replicas.
@@ -153,38 +256,53 @@ def make_dataset(
         labels = tf.sparse.to_dense(ex[schema.LABELS_KEY], default_value="")
         return image, preprocessor.label_ids(labels), ex[schema.ID_KEY]
 
-    if training and len(files) > 1:
-        ds = tf.data.Dataset.from_tensor_slices(files).shuffle(
-            len(files), seed=seed, reshuffle_each_iteration=True)
+    if len(files) > 1 and mode != "eval":
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if training:
+            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         ds = ds.interleave(
             lambda f: tf.data.TFRecordDataset(f, compression_type=schema.COMPRESSION),
             cycle_length=min(len(files), 8), block_length=16,
             num_parallel_calls=min(len(files), 8), deterministic=True)
     else:  # file order: one shard after the other
-        ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION)
+        ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION,
+                                     buffer_size=1 << 20)
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if cache:
+    augmentation = augment if isinstance(augment, Augmentation) else Augmentation(color=bool(augment))
+    augmenting = augmentation.active and training
+    if encoder is not None and augmenting:
+        raise ValueError("make_dataset: encoder (precomputed features) and augment exclude "
+                         "each other")
+    if encoder is not None:  # images -> features, once, before the cache
+        ds = ds.map(lambda image, ids, image_id: (tf.cast(image, tf.float32), ids, image_id),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = _encode(ds, encoder, encode_batch_size or batch_size)
+    cache_file = cache if isinstance(cache, str) and cache not in ("memory", "none") else None
+    if cache_file is not None:
+        ds = ds.cache(cache_file)
+    elif cache is True or cache == "memory":
         ds = ds.cache()
     if training:
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    augmentation = augment if isinstance(augment, Augmentation) else Augmentation(color=bool(augment))
-    augmenting = augmentation.active and training
     if augmenting:  # one random seed per example, reproducible from ``seed``
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(
             seed=seed, rerandomize_each_iteration=True).batch(2)))
         ds = ds.map(lambda example, aug_seed: (*example, aug_seed))
 
+    pixels_key = "images" if encoder is None else "features"
+
     def to_model_inputs(image, ids, image_id, aug_seed=None):
-        image = tf.cast(image, tf.float32)
+        if encoder is None:
+            image = tf.cast(image, tf.float32)
         if aug_seed is not None:
             image = augment_image(image, seed=aug_seed, augmentation=augmentation)
         y = tf.ensure_shape(preprocessor.multi_hot(ids), [num_labels])
         if mode == "sequence":
             inputs, targets = preprocessor.sequence(ids)
-            return {"images": image, "label_inputs": inputs, "label_set": y}, targets
-        features = {"images": image}
+            return {pixels_key: image, "label_inputs": inputs, "label_set": y}, targets
+        features = {pixels_key: image}
         if with_ids:
             features["id"] = image_id
         return features, y
@@ -199,4 +317,17 @@ def make_dataset(
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA)
         ds = ds.with_options(options)
-    return ds.prefetch(AUTOTUNE)
+    return _without_autotune_thread(ds.prefetch(AUTOTUNE))
+
+
+def _encode(ds: tf.data.Dataset, encoder, batch_size: int) -> tf.data.Dataset:
+    """(image float32, ids, id) examples -> (features, ids, id), the encoder run in batches.
+
+    The label ids have a length per image, so they travel as a ragged batch.
+    """
+    ds = ds.ragged_batch(batch_size)
+
+    def run(images, ids, image_ids):
+        return encoder(images, training=False), ids, image_ids
+
+    return ds.map(run, num_parallel_calls=1, deterministic=True).unbatch()

@@ -84,16 +84,23 @@ def predict_batches(fn, ds, data="the data") -> Predictions:
 
 
 def evaluate_model(model, vocab: LabelVocabulary, data, image_size: int,
-                   beam_size: Optional[int] = None, batch_size: int = 64) -> Dict[str, Any]:
-    """The metric dict of ``cnnrnn_tf.metrics.multilabel_metrics`` plus data notes."""
+                   beam_size: Optional[int] = None, batch_size: int = 64,
+                   stats=None) -> Dict[str, Any]:
+    """The metric dict of ``cnnrnn_tf.metrics.multilabel_metrics`` plus data notes.
+
+    ``stats``: the ``LabelStats`` of ``data`` when already known (training passes the
+    validation split's), else they are read here (label_counts.json or a scan).
+    """
     from cnnrnn_tf.metrics import multilabel_metrics
 
     from cnnrnn_tf.errors import InputError
 
-    stats = scan_labels(data, require_labels=False)  # checks the shards before the model runs
+    if stats is None:  # checks the shards before the model runs
+        stats = scan_labels(data, require_labels=False)
     known = set(vocab.labels)
-    unknown = sorted({n for labels in stats.label_lists for n in labels if n not in known})
-    if not any(n in known for labels in stats.label_lists for n in labels):
+    present = {n for n, count in stats.label_counts.items() if count > 0}
+    unknown = sorted(present - known)
+    if not present & known:
         shown = ", ".join(repr(n) for n in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         raise InputError(f"{data}: no record carries a label the model knows "
                          f"(unknown labels: {shown or 'none, the records have no labels'}); "

@@ -224,7 +224,7 @@ def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional
     if is_model_dir(out_dir):
         raise InputError(f"{out_dir}: already holds a trained model; choose another --out")
     loaded = load_model_dir(model_dir)
-    stats = scan_labels(train_dir)
+    stats = scan_labels(train_dir, use_counts_file=False)  # needs the per-record label lists
     added = new_labels_in(loaded.vocab, stats.label_lists)
     max_labels = max(int(loaded.model.max_labels),
                      choose_max_labels(stats, config_changes.pop("max_labels", None)))

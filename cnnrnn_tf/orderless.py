@@ -223,8 +223,8 @@ def _unpack(data):
     return x, y, sample_weight
 
 
-def _track(model, x, loss):
-    model._loss_tracker.update_state(loss, sample_weight=ops.shape(x["images"])[0])
+def _track(model, y, loss):
+    model._loss_tracker.update_state(loss, sample_weight=ops.shape(y)[0])
 
 
 def train_step(model, data):
@@ -234,7 +234,7 @@ def train_step(model, data):
         logits, aligned, aux = forward(model, x, y, training=True)
         loss = model.compute_loss(x=x, y=aligned, y_pred=logits,
                                   sample_weight=sample_weight, training=True) + aux
-        _track(model, x, loss)
+        _track(model, y, loss)
         scaled = model.optimizer.scale_loss(loss)
     weights = model.trainable_weights
     model.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
@@ -247,5 +247,5 @@ def test_step(model, data):
     logits, aligned, aux = forward(model, x, y, training=False)
     loss = model.compute_loss(x=x, y=aligned, y_pred=logits,
                               sample_weight=sample_weight, training=False) + aux
-    _track(model, x, loss)
+    _track(model, y, loss)
     return model.compute_metrics(x, aligned, logits, sample_weight=sample_weight)

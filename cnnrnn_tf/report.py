@@ -527,7 +527,7 @@ def write_report(model_dir: str, data_dir: str, out_dir: str, beam_size: Optiona
                                  label_names=names)
     known = set(names)
     stats = scan_labels(data_dir, require_labels=False)
-    results["unknown_labels"] = sorted({x for ls in stats.label_lists for x in ls if x not in known})
+    results["unknown_labels"] = sorted(x for x in stats.label_counts if x not in known)
     results["mean_true_labels"] = float(preds.y_true.sum(1).mean())
     results["mean_predicted_labels"] = float(preds.y_pred.sum(1).mean())
 

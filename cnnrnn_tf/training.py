@@ -6,6 +6,8 @@ import importlib.util
 import dataclasses
 import logging
 import json
+import shutil
+import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
@@ -17,10 +19,11 @@ from cnnrnn_tf import __version__
 from cnnrnn_tf.cluster import (TF_CONFIG, ClusterConfig, is_chief, is_multi_worker, num_workers,
                                worker_dir)
 from cnnrnn_tf.config import TrainConfig, default_epochs, early_stopping_patience
-from cnnrnn_tf.dataset import choose_max_labels, make_dataset, scan_labels
+from cnnrnn_tf.dataset import (LabelStats, choose_cache, choose_max_labels, make_dataset,
+                               scan_labels)
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.io_utils import copy_tree, makedirs, remove_quietly
-from cnnrnn_tf.uri import absolute, ensure_filesystem, join, storage_error
+from cnnrnn_tf.uri import absolute, ensure_filesystem, is_remote, join, storage_error
 from cnnrnn_tf.model_dir import (HISTORY_FILE, METRICS_FILE, SAVED_MODEL_DIR, is_model_dir,
                                  save_model_dir, write_json)
 from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
@@ -28,6 +31,8 @@ from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
 log = logging.getLogger(__name__)
 BACKUP_DIR = "backup"
 LOG_DIR = "logs"
+CACHE_DIR = "input_cache"  # --cache disk: under MODEL_DIR while training, then removed
+MAX_AUTO_STEPS_PER_EXECUTION = 16
 
 
 def choose_strategy(devices: Optional[List[str]] = None) -> tf.distribute.Strategy:
@@ -57,6 +62,51 @@ def choose_strategy(devices: Optional[List[str]] = None) -> tf.distribute.Strate
     if len(gpus) == 1:
         return tf.distribute.OneDeviceStrategy(gpus[0].name)
     return tf.distribute.get_strategy()
+
+
+def strategy_device_type(strategy: tf.distribute.Strategy) -> str:
+    """"GPU" when the strategy's replicas (or, for the default strategy, TensorFlow's
+    default placement) run on a GPU, else "CPU"."""
+    if isinstance(strategy, (tf.distribute.OneDeviceStrategy, tf.distribute.MirroredStrategy,
+                             tf.distribute.MultiWorkerMirroredStrategy)):
+        devices = strategy.extended.worker_devices
+        return "GPU" if any(":GPU:" in d.upper() for d in devices) else "CPU"
+    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+
+
+def choose_jit_compile(setting: str, device_type: str) -> bool:
+    """XLA for the training step. "auto": on for a GPU, off for the CPU.
+
+    On the CPU, oneDNN's kernels without XLA trained the small CNN in 38-44 s per epoch,
+    with XLA 66-79 s (BENCHMARKS.md). The value is passed to ``compile`` explicitly:
+    Keras's own "auto" turns XLA off under any distribution strategy, which is how a
+    single GPU (a OneDeviceStrategy) trained without it.
+    """
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    if setting != "auto":
+        raise ValueError(f"jit_compile must be auto, on or off, got {setting!r}")
+    return device_type.upper() == "GPU"
+
+
+def choose_steps_per_execution(requested: Optional[int], steps_per_epoch: int,
+                               device_type: str) -> int:
+    """Training steps per call of the compiled train function: a divisor of the steps per
+    epoch, so that an epoch ends on a call boundary (the data repeats, and a call that ran
+    past the end would shift every later epoch) and epoch-end callbacks stay exact.
+
+    ``requested``: the most wanted (the largest divisor not above it is taken); None: 1 on
+    the CPU (a step there takes tens of milliseconds or more, the per-call overhead a few),
+    up to 16 on a GPU, where short steps make the per-call overhead count. Progress bars and
+    batch-level callbacks then report every that many steps.
+    """
+    steps = max(1, int(steps_per_epoch))
+    if requested is None:
+        requested = MAX_AUTO_STEPS_PER_EXECUTION if device_type.upper() == "GPU" else 1
+    requested = max(1, min(int(requested), steps))
+    return max(k for k in range(1, requested + 1) if steps % k == 0)
 
 
 @contextlib.contextmanager
@@ -154,6 +204,7 @@ def train(
     """
     strategy = strategy or choose_strategy()
     out_dir = prepare_out_dir(out_dir)
+    device_type = strategy_device_type(strategy)
     # Every worker trains and saves (collective steps need all of them); only the chief
     # writes out_dir, the others a temporary folder removed at the end.
     with worker_dir(out_dir, strategy) as write_dir:
@@ -162,13 +213,16 @@ def train(
         keras.utils.set_random_seed(config.seed)
         with precision_policy(config.mixed_precision), strategy.scope():
             model = build_training_model(config, plan, initial_model)
-            train_ds, eval_ds = make_datasets(config, plan, model, train_data, eval_data)
             makedirs(write_dir, "model folder")
-            compile_model(model, config, plan, eval_ds)
-            history = fit(model, config, plan, train_ds, eval_ds, write_dir, verbose=verbose,
-                          extra_callbacks=extra_callbacks, data_names=(train_data, eval_data),
-                          resume_from=join(out_dir, BACKUP_DIR),
-                          decoded_ds=decoded_validation_dataset(config, plan, eval_data))
+            with input_cache_dir(config, plan, model, write_dir) as cache_dir:
+                train_ds, eval_ds = make_datasets(config, plan, model, train_data, eval_data,
+                                                  cache_dir=cache_dir)
+                compile_model(model, config, plan, eval_ds, device_type=device_type)
+                history = fit(model, config, plan, train_ds, eval_ds, write_dir,
+                              verbose=verbose, extra_callbacks=extra_callbacks,
+                              data_names=(train_data, eval_data),
+                              resume_from=join(out_dir, BACKUP_DIR),
+                              decoded_ds=decoded_validation_dataset(config, plan, eval_data))
         # Calibration and evaluation only read the model: the other workers skip them.
         chief = is_chief(strategy)
         calibration = calibrate_thresholds(model, config, plan, eval_data) if chief else None
@@ -197,7 +251,7 @@ def train(
             from cnnrnn_tf.evaluation import evaluate_model
 
             result.metrics = evaluate_model(model, plan.vocab, eval_data, config.image_size,
-                                            beam_size=config.beam_size)
+                                            beam_size=config.beam_size, stats=plan.eval_stats)
             write_json(join(write_dir, METRICS_FILE), result.metrics)
     return result
 
@@ -213,6 +267,7 @@ class TrainPlan:
     epochs: int
     num_train: int
     num_eval: int
+    eval_stats: Optional[LabelStats] = None  # reused by the evaluation after training
 
     def steps_per_epoch(self, config: TrainConfig) -> int:
         return config.steps_per_epoch or -(-self.num_train // config.batch_size)
@@ -234,7 +289,12 @@ def prepare_out_dir(out_dir: str) -> str:
 
 def plan_training(config: TrainConfig, train_data, eval_data, *,
                   vocab: Optional[LabelVocabulary] = None, rank=None) -> TrainPlan:
+    # One look at each split: its label_counts.json when the converter wrote one for exactly
+    # these shards, else a scan of the labels. The file does not say how many labels the
+    # longest set has: unless --max-labels does, the training labels are scanned for that.
     train_stats = scan_labels(train_data)
+    if train_stats.max_labels is None and not config.max_labels:
+        train_stats = scan_labels(train_data, use_counts_file=False)
     eval_stats = scan_labels(eval_data)
     vocab = vocab or train_stats.vocabulary()
     rank = (np.asarray(label_rank(vocab, config.label_order, config.seed)) if rank is None
@@ -243,7 +303,7 @@ def plan_training(config: TrainConfig, train_data, eval_data, *,
         raise ValueError(f"rank has {rank.shape[0]} entries, the vocabulary {len(vocab)}")
     return TrainPlan(vocab, rank, choose_max_labels(train_stats, config.max_labels),
                      config.epochs or default_epochs(train_stats.num_examples),
-                     train_stats.num_examples, eval_stats.num_examples)
+                     train_stats.num_examples, eval_stats.num_examples, eval_stats)
 
 
 def build_training_model(config: TrainConfig, plan: TrainPlan,
@@ -259,9 +319,64 @@ def build_training_model(config: TrainConfig, plan: TrainPlan,
     return initial_model
 
 
-def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_data):
+def frozen_encoder(config: TrainConfig, model):
+    """The model's encoder when its features can be computed once before training: it has
+    no trainable weight (a pretrained backbone without --fine-tune) and the images are not
+    augmented. None otherwise."""
+    if config.augmentation().active or model.encoder.trainable_weights:
+        return None
+    return model.encoder
+
+
+def example_bytes(config: TrainConfig, model) -> int:
+    """Bytes of one cached training example: its uint8 pixels, or a frozen encoder's
+    float32 features."""
+    encoder = frozen_encoder(config, model)
+    if encoder is None:
+        return config.image_size ** 2 * 3
+    shape = encoder.output_shape[1:]
+    return 4 * int(np.prod([d or 1 for d in shape]))
+
+
+def cache_plan(config: TrainConfig, plan: TrainPlan, model) -> Dict[str, str]:
+    """{"train": mode, "eval": mode}: where each split's decoded input is kept
+    (``cnnrnn_tf.dataset.choose_cache``); both share the memory budget, training first."""
+    per_example = example_bytes(config, model)
+    train = choose_cache(config.cache, plan.num_train * per_example, config.cache_budget_gb)
+    left = config.cache_budget_gb - (plan.num_train * per_example / (1 << 30)
+                                     if train == "memory" else 0.0)
+    evaluation = choose_cache(config.cache, plan.num_eval * per_example, max(left, 0.0))
+    return {"train": train, "eval": evaluation}
+
+
+@contextlib.contextmanager
+def input_cache_dir(config: TrainConfig, plan: TrainPlan, model, out_dir: str):
+    """A folder for the cache files of --cache disk (None when no split caches on disk):
+    MODEL_DIR/input_cache, or a local temporary folder when MODEL_DIR is remote; removed
+    when training ends, however it ends."""
+    if "disk" not in cache_plan(config, plan, model).values():
+        yield None
+        return
+    if is_remote(out_dir):
+        path = tempfile.mkdtemp(prefix="cnnrnn-input-cache-")
+    else:
+        path = join(out_dir, CACHE_DIR)
+        makedirs(path, "input cache folder")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_data,
+                  cache_dir: Optional[str] = None):
     """The training and validation tf.data pipelines, shaped for ``model`` (call in the
-    strategy scope: on several workers, each reads its share)."""
+    strategy scope: on several workers, each reads its share).
+
+    The training data repeats: ``fit`` runs ``plan.steps_per_epoch`` steps per epoch from
+    one iterator, so no iterator is destroyed and rebuilt between epochs. With a frozen
+    encoder (``frozen_encoder``) the batches carry its features, computed once.
+    """
     # batch_size is the global batch: the strategy splits it over all replicas; on several,
     # full batches only (a last partial one could leave a replica an empty batch).
     strategy = tf.distribute.get_strategy()
@@ -274,15 +389,20 @@ def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_
     common = dict(vocab=plan.vocab, mode="sequence" if model.decodes_sequences else "multi_hot",
                   image_size=config.image_size, batch_size=config.batch_size,
                   max_labels=plan.max_labels, rank=plan.rank, seed=config.seed,
+                  encoder=frozen_encoder(config, model),
                   drop_remainder=distributed, num_workers=num_workers(strategy))
-    # Keep decoded images in memory only when they fit comfortably.
-    cache = plan.num_train * config.image_size ** 2 * 3 < (2 << 30)
+    modes = cache_plan(config, plan, model)
+    if "disk" in modes.values() and cache_dir is None:
+        raise ValueError("make_datasets: a disk cache needs cache_dir (see input_cache_dir)")
+
+    def cache_arg(split):
+        return {"memory": True, "none": False}.get(modes[split]) \
+            if modes[split] != "disk" else join(cache_dir, split)
+
     train_ds = make_dataset(train_data, training=True, augment=config.augmentation(),
-                            cache=cache, **common)
-    eval_ds = make_dataset(eval_data, training=False, cache=cache, **common)
-    if config.steps_per_epoch:
-        train_ds = train_ds.repeat()
-    return train_ds, eval_ds
+                            cache=cache_arg("train"), **common)
+    eval_ds = make_dataset(eval_data, training=False, cache=cache_arg("eval"), **common)
+    return train_ds.repeat(), eval_ds
 
 
 def decoded_validation_dataset(config: TrainConfig, plan: TrainPlan, eval_data):
@@ -294,12 +414,20 @@ def decoded_validation_dataset(config: TrainConfig, plan: TrainPlan, eval_data):
                         cache=plan.num_eval * config.image_size ** 2 * 3 < (1 << 30))
 
 
-def compile_model(model, config: TrainConfig, plan: TrainPlan, eval_ds) -> None:
-    """Builds the weights (BackupAndRestore needs a built model) and compiles."""
+def compile_model(model, config: TrainConfig, plan: TrainPlan, eval_ds, *,
+                  device_type: str = "CPU") -> None:
+    """Builds the weights (BackupAndRestore needs a built model) and compiles, with XLA
+    and steps per execution chosen for the device."""
     sample_inputs, sample_targets = next(iter(eval_ds.take(1)))
+    if "images" not in sample_inputs:  # features from the input pipeline: the encoder
+        model.encoder(_zero_images(config))  # is built too (it is saved with the model)
     model(sample_inputs)
-    total = plan.steps_per_epoch(config) * plan.epochs
-    model.compile(optimizer=make_optimizer(config, total), loss=make_loss(config))
+    steps = plan.steps_per_epoch(config)
+    total = steps * plan.epochs
+    model.compile(optimizer=make_optimizer(config, total), loss=make_loss(config),
+                  jit_compile=choose_jit_compile(config.jit_compile, device_type),
+                  steps_per_execution=choose_steps_per_execution(
+                      config.steps_per_execution, steps, device_type))
     if is_multi_worker(tf.distribute.get_strategy()):
         # Keras 3.12's fit() on a model created in a strategy scope first builds it
         # "symbolically" from strategy.reduce(MEAN) over a whole input batch, which
@@ -310,6 +438,22 @@ def compile_model(model, config: TrainConfig, plan: TrainPlan, eval_ds) -> None:
         model.compute_loss(sample_inputs, sample_targets, model(sample_inputs))
         model.optimizer.build(model.trainable_variables)
         model._distribute_strategy = None
+
+
+def _zero_images(config: TrainConfig):
+    return np.zeros((1, config.image_size, config.image_size, 3), "float32")
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``epoch_seconds`` (wall time from epoch begin to end, validation included) to
+    the epoch logs, so history.json records what every epoch really cost."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = round(time.perf_counter() - self._start, 3)
 
 
 def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
@@ -351,8 +495,9 @@ def fit(model, config: TrainConfig, plan: TrainPlan, train_ds, eval_ds, out_dir:
     out_dir is temporary, resumes from the chief's: the weights of all workers are equal).
     ``decoded_ds``: the validation split for DecodedValidation (``--monitor val_f1|val_map``).
     """
+    # The timer last: its epoch includes the other callbacks' epoch-end work (checkpoints).
     callbacks = (training_callbacks(config, plan, out_dir, verbose, decoded_ds)
-                 + list(extra_callbacks or []))
+                 + list(extra_callbacks or []) + [EpochTimer()])
     backup = join(out_dir, BACKUP_DIR)
     if resume_from and resume_from != backup and _backup_epoch(resume_from) is not None:
         copy_tree(resume_from, backup)
@@ -372,7 +517,8 @@ def fit(model, config: TrainConfig, plan: TrainPlan, train_ds, eval_ds, out_dir:
     try:
         history = model.fit(
             train_ds, validation_data=eval_ds, epochs=plan.epochs,
-            steps_per_epoch=config.steps_per_epoch, validation_steps=config.validation_steps,
+            steps_per_epoch=plan.steps_per_epoch(config),
+            validation_steps=config.validation_steps,
             callbacks=callbacks, verbose=verbose,
         )
     except tf.errors.InvalidArgumentError as exc:  # e.g. a record whose image is corrupt

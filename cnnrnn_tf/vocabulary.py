@@ -51,6 +51,12 @@ class LabelVocabulary:
         counter: collections.Counter = collections.Counter()
         for labels in label_lists:
             counter.update(set(labels))
+        return cls.from_counts(counter)
+
+    @classmethod
+    def from_counts(cls, counts: Dict[str, int]) -> "LabelVocabulary":
+        """From {label: images with it}, most frequent first (ties as tft.vocabulary)."""
+        counter = {k: int(v) for k, v in counts.items() if int(v) > 0}
         if not counter:
             raise InputError("label vocabulary: the training data has no labels")
         # Ties as tft.vocabulary breaks them (bytes descending), so the CLI and the TFX

@@ -78,7 +78,7 @@ def write_schema(train_data, out_root: str) -> str:
     ``out_root/schema/<content hash>/schema.pbtxt``; an existing file is reused.
     """
     stats = scan_labels(train_data, require_labels=False)  # TFDV reports missing labels
-    labels = sorted({name for names in stats.label_lists for name in names})
+    labels = sorted(stats.label_counts)
     return _write_text(schema_text(labels), out_root)
 
 

@@ -39,7 +39,6 @@ class MultiLabelClassifier(MultiLabelModel):
         self.classifier = keras.layers.Dense(self.num_labels, name="label_logits")
 
     def call(self, inputs, training=None):
-        inputs = inputs if isinstance(inputs, dict) else {"images": inputs}
         return self.logits(self.encode(inputs, training=training), training=training)
 
     def logits(self, features, training=None):

@@ -63,12 +63,15 @@ class MultiLabelModel(keras.Model):
         return int(self.max_labels)
 
     def encode(self, inputs, training=None):
-        """The encoder's features for a batch of model inputs: ``inputs["features"]`` when
-        the input pipeline computed them already (a frozen encoder), else the encoder run
-        on ``inputs["images"]``."""
-        if "features" in inputs:
+        """The image features the heads read: ``inputs["features"]`` when the batch carries
+        them (a frozen encoder's output, computed once by the input pipeline: see
+        ``cnnrnn_tf.dataset.make_dataset(encoder=...)``), else ``self.encoder(inputs["images"])``.
+        Any rank: a vector [B, D] or a feature map [B, H, W, C], whatever the encoder gives.
+        """
+        if isinstance(inputs, dict) and "features" in inputs:
             return inputs["features"]
-        return self.encoder(inputs["images"], training=training)
+        images = inputs["images"] if isinstance(inputs, dict) else inputs
+        return self.encoder(images, training=training)
 
     def decode(self, images, beam_size=None, max_labels=None) -> Dict:
         """Label sets for float32 pixels [B, S, S, 3]. A dict of tensors:
