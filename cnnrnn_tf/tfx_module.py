@@ -28,7 +28,8 @@ LABEL_VOCAB_NAME = "labels"
 TRAIN_CONFIG_KEY = "train_config"
 VERSION_KEY = "library_version"
 DEVICES_KEY = "devices"  # optional: device names for MirroredStrategy (default: all GPUs)
-# Where run_fn writes the full MODEL_DIR (model.keras, vocabulary.json, metrics.json ...).
+# Where run_fn writes the full MODEL_DIR (model.keras, vocabulary.json, config.json ...;
+# no metrics.json: the pipeline's Evaluator scores the eval split).
 MODEL_DIR_NAME = "model_dir"
 
 
@@ -108,8 +109,10 @@ def run_fn(fn_args) -> None:
              type(strategy).__name__, strategy.num_replicas_in_sync, model_dir)
     print(f"cnnrnn run_fn: MODEL_DIR {model_dir} ({type(strategy).__name__}, "
           f"{strategy.num_replicas_in_sync} replica(s))", flush=True)
+    # No evaluation here: the pipeline's Evaluator scores the eval split (through the
+    # exported eval signatures), so a second pass over it would only cost time.
     result = train(config, list(fn_args.train_files), list(fn_args.eval_files), model_dir,
-                   vocab=vocab, strategy=strategy, export=False, evaluate_after=True,
+                   vocab=vocab, strategy=strategy, export=False, evaluate_after=False,
                    verbose=2)
     # Every worker exports (as TensorFlow's multi-worker guide has it); only the chief's stays.
     with worker_dir(fn_args.serving_model_dir, strategy) as serving_dir:
