@@ -123,11 +123,14 @@ def attention_figure(args, name, data, seed):
     key = f"{name}-cnn-rnn-att-s{seed}"
     target = os.path.join(HERE, "figures", f"attention_{name}.png")
     report = os.path.join(args.work, "reports", key)
-    if not os.path.exists(os.path.join(report, "attention.png")):
+    model_file = os.path.join(args.work, "models", key, "model.keras")
+    figure = os.path.join(report, "attention.png")
+    if not os.path.exists(figure) or os.path.getmtime(figure) < os.path.getmtime(model_file):
+        shutil.rmtree(report, ignore_errors=True)
         cnnrnn("report", "--model", os.path.join(args.work, "models", key),
                "--data", data["test"], "--out", report)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.copyfile(os.path.join(report, "attention.png"), target)
+    shutil.copyfile(figure, target)
     return os.path.relpath(target, os.path.dirname(HERE))
 
 
