@@ -24,7 +24,9 @@ class DecodedValidation(keras.callbacks.Callback):
     with like. The eval dataset and the compiled decoder are built once.
 
     Args:
-        eval_ds: an "eval" mode dataset (``make_dataset(..., mode="eval", with_ids=True)``).
+        eval_ds: an "eval" mode dataset (``make_dataset(..., mode="eval", with_ids=True)``);
+            with a frozen encoder, one that carries its cached features
+            (``make_dataset(..., encoder=...)``): each epoch then runs the decoder only.
         threshold_metric / per_class / calibrate: how thresholded models are scored.
         beam_size: the beam of the decoding.
     """
@@ -43,8 +45,10 @@ class DecodedValidation(keras.callbacks.Callback):
         from cnnrnn_tf.evaluation import decode_function, predict_batches
         from cnnrnn_tf.metrics import multilabel_metrics
 
-        if self._fn is None:
-            self._fn = decode_function(self.model, self.beam_size)
+        if self._fn is None:  # features when the dataset carries a frozen encoder's
+            carries_features = "features" in self.eval_ds.element_spec[0]
+            self._fn = decode_function(self.model, self.beam_size,
+                                       from_features=carries_features)
         preds = predict_batches(self._fn, self.eval_ds, "the validation split")
         y_pred = preds.y_pred
         if self.model.thresholded and self.calibrate:

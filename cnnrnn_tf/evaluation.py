@@ -11,7 +11,8 @@ from cnnrnn_tf.dataset import make_dataset, scan_labels
 from cnnrnn_tf.vocabulary import LabelVocabulary
 
 
-def decode_function(model, beam_size: Optional[int] = None, jit_decode: bool = True):
+def decode_function(model, beam_size: Optional[int] = None, jit_decode: bool = True,
+                    from_features: bool = False):
     """A compiled fn(images float32 [B, S, S, 3]) -> the model's decode() dict.
 
     With ``jit_decode`` (default) and a model whose ``jit_decode`` is set (CNN-RNN), the
@@ -19,17 +20,23 @@ def decode_function(model, beam_size: Optional[int] = None, jit_decode: bool = T
     graph, the encoder is not: measured on 2 CPU cores, XLA halves the decode's own time
     (e.g. 0.87 -> 0.46 ms at batch 1, beam 1; 4.5 -> 3.5 ms at batch 32, beam 3) and
     compiles once per batch size. See ``cnnrnn benchmark``.
+    ``from_features``: fn takes the encoder's features instead of images (a frozen
+    encoder's, computed once by the input pipeline).
     """
-    if not (jit_decode and model.jit_decode):
+    jit = bool(jit_decode and model.jit_decode)
+
+    @tf.function(reduce_retracing=True, jit_compile=jit)
+    def decode(features):
+        return model.decode_features(features, beam_size=beam_size)
+
+    if from_features:
+        return decode
+    if not jit:
         @tf.function(reduce_retracing=True)
         def fn(images):
             return model.decode(images, beam_size=beam_size)
 
         return fn
-
-    @tf.function(reduce_retracing=True, jit_compile=True)
-    def decode(features):
-        return model.decode_features(features, beam_size=beam_size)
 
     @tf.function(reduce_retracing=True)
     def fn(images):
@@ -58,11 +65,12 @@ def predict_dataset(model, vocab: LabelVocabulary, data, image_size: int,
 
 
 def predict_batches(fn, ds, data="the data") -> Predictions:
-    """Runs ``fn`` (:func:`decode_function`) over an "eval" mode dataset (with ids)."""
+    """Runs ``fn`` (:func:`decode_function`) over an "eval" mode dataset (with ids): on its
+    "images", or on its "features" when the dataset computed them (``from_features``)."""
     parts: Dict[str, list] = {k: [] for k in ("y_true", "label_ids", "scores", "prob", "ids")}
     try:
         for features, y in ds:
-            out = fn(features["images"])
+            out = fn(features["images"] if "images" in features else features["features"])
             parts["y_true"].append(y.numpy())
             parts["label_ids"].append(out["label_ids"].numpy())
             parts["scores"].append(out["scores"].numpy())

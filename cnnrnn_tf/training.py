@@ -222,7 +222,8 @@ def train(
                               verbose=verbose, extra_callbacks=extra_callbacks,
                               data_names=(train_data, eval_data),
                               resume_from=join(out_dir, BACKUP_DIR),
-                              decoded_ds=decoded_validation_dataset(config, plan, eval_data))
+                              decoded_ds=decoded_validation_dataset(config, plan, eval_data,
+                                                                   model))
         # Calibration and evaluation only read the model: the other workers skip them.
         chief = is_chief(strategy)
         calibration = calibrate_thresholds(model, config, plan, eval_data) if chief else None
@@ -405,13 +406,15 @@ def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_
     return train_ds.repeat(), eval_ds
 
 
-def decoded_validation_dataset(config: TrainConfig, plan: TrainPlan, eval_data):
-    """The validation split as DecodedValidation reads it (None unless --monitor needs it)."""
+def decoded_validation_dataset(config: TrainConfig, plan: TrainPlan, eval_data, model):
+    """The validation split as DecodedValidation reads it (None unless --monitor needs it):
+    decoded images, or a frozen encoder's features computed once, cached per the plan."""
     if config.monitor == "val_loss" or not config.early_stopping:
         return None
     return make_dataset(eval_data, plan.vocab, mode="eval", image_size=config.image_size,
                         batch_size=max(config.batch_size, 64), with_ids=True,
-                        cache=plan.num_eval * config.image_size ** 2 * 3 < (1 << 30))
+                        encoder=frozen_encoder(config, model),
+                        cache=cache_plan(config, plan, model)["eval"] == "memory")
 
 
 def compile_model(model, config: TrainConfig, plan: TrainPlan, eval_ds, *,

@@ -196,6 +196,14 @@ def test_train_caches_frozen_features_on_disk_and_cleans_up(tiny_data, tmp_path,
         return train_ds, eval_ds
 
     monkeypatch.setattr(training, "make_datasets", spy)
+    decoded = training.decoded_validation_dataset
+
+    def spy_decoded(*args):
+        ds = decoded(*args)
+        seen["decoded_keys"] = set(ds.element_spec[0])
+        return ds
+
+    monkeypatch.setattr(training, "decoded_validation_dataset", spy_decoded)
     config = TrainConfig(model="bce", backbone="efficientnet-lite0", weights="none",
                          image_size=32, batch_size=16, epochs=2, cache="disk", threshold=0.5)
     out = str(tmp_path / "m")
@@ -204,3 +212,5 @@ def test_train_caches_frozen_features_on_disk_and_cleans_up(tiny_data, tmp_path,
     assert seen["cache_dir"] == out + "/input_cache" and "features" in seen["keys"]
     assert not tf.io.gfile.exists(seen["cache_dir"])
     assert len(result.history["epoch_seconds"]) == 2
+    # the decoded validation runs on the cached features too (the decoder only, per epoch)
+    assert "features" in seen["decoded_keys"] and len(result.history["val_f1"]) == 2
