@@ -488,10 +488,25 @@ def main(argv=None):
     md += ["## GPU", ""] + gpu_lines() + [""]
     md += [f"_Total time of this run: {(time.time() - t_start) / 60:.1f} min "
            "(cached results reused where present)._", ""]
+    md += _other_sections(args.output)
     with open(args.output, "w", encoding="utf-8") as f:
         f.write("\n".join(md))
     log(f"wrote {args.output}")
     return 0
+
+
+def _other_sections(path):
+    """The sections of ``path`` that other scripts write (beam search, scaling, training
+    speed, attention): everything after this script's closing "_Total time" line, kept."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    for i, line in enumerate(lines):
+        if line.startswith("_Total time of this run:"):
+            return lines[i + 1:]
+    return []
 
 
 def _ms(value):
