@@ -70,7 +70,7 @@ class ServingModule(tf.Module):
         self.predict_attention = tf.function(
             self._predict_attention,
             input_signature=[tf.TensorSpec([None], tf.string, name="images")],
-        ) if model.attends else None
+        ) if getattr(model, "attends", False) else None  # any Keras model may be exported
 
     def _decode(self, images):
         """Runs decode(); an empty batch returns empty outputs without running the model."""
