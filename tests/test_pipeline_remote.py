@@ -283,29 +283,3 @@ def test_pipeline_end_to_end_on_s3(tmp_path, s3):
     example = schema.make_example(synthetic_records(1, seed=9)[0].image, ["red"], "x")
     out = loaded.signatures["serving_default"](examples=tf.constant([example.SerializeToString()]))
     assert out["labels"].shape[0] == 1
-
-
-@pytest.mark.slow
-def test_pipeline_on_s3_pushes_nothing_when_half_the_labels_are_missing(tmp_path, s3):
-    cwd, base = _base_args(s3, tmp_path)
-    bad = [schema.make_example(r.image, r.labels, r.image_id)
-           for r in synthetic_records(24, seed=3)]
-    for example in bad[::2]:
-        del example.features.feature[schema.LABELS_KEY]
-    local = tmp_path / "bad"
-    os.makedirs(local / "train")
-    with tf.io.TFRecordWriter(str(local / "train" / "data-00000-of-00001.tfrecord.gz"),
-                              options="GZIP") as writer:
-        for example in bad:
-            writer.write(example.SerializeToString())
-    schema.write_records(str(local / "test"), synthetic_records(8, seed=4))
-    bad_data = s3.upload_dir(str(local), s3.bucket, "bad_data")
-    proc = _cli(base + ["--data", bad_data, "--serving-dir", f"s3://{s3.bucket}/serving_bad",
-                        "--metadata-path", str(tmp_path / "meta2.sqlite")], s3, cwd)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "data anomalies" in last and "image/labels" in last
-    assert s3.keys(s3.bucket, "serving_bad/") == []
-    assert not [k for k in s3.keys(s3.bucket, "root/") if "/Trainer/" in k]
-    assert _local_files(cwd) == []
-    assert (tmp_path / "meta2.sqlite").exists()
