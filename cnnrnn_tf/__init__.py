@@ -1,3 +1,3 @@
 """cnnrnn_tf: CNN-RNN multi-label image classification in Keras/TensorFlow."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
