@@ -228,6 +228,10 @@ def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional
     added = new_labels_in(loaded.vocab, stats.label_lists)
     max_labels = max(int(loaded.model.max_labels),
                      choose_max_labels(stats, config_changes.pop("max_labels", None)))
+    # Checkpoint selection on the teacher-forced loss, as in 0.3.0: with selection on the
+    # decoded validation F1 (the training default since 0.4.0) the fine-tune notebook's new
+    # label was not predicted at all in one run (0 of 16). Not yet explained; see BUILD.md.
+    config_changes.setdefault("monitor", "val_loss")
     config = loaded.config.replace(epochs=epochs, max_labels=max_labels, **config_changes)
     if keep_label_ids is not None:  # 0.2.0's name: keep ids == keep the learned order
         reorder = not keep_label_ids
