@@ -9,9 +9,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# The logs keys this callback adds (percent-free fractions in [0, 1]).
-LOG_KEYS = ("val_f1", "val_map", "val_CF1", "val_OF1")
-
 
 class DecodedValidation(keras.callbacks.Callback):
     """After every epoch, decodes the validation split and logs set metrics.
