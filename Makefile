@@ -1,8 +1,8 @@
 # The two commands of the README:
 #   make run    the main job on the built-in default data
 #   make test   the test suite (what .ci/run calls)
-# Each does its own setup: the virtual environment (Python 3.10 + the locked
-# TFX 1.16 stack, through uv) and the default data (Debian's
+# Each does its own setup: uv (mk/bootstrap.mk), the virtual environment (Python
+# 3.10 + the locked TFX 1.16 stack) and the default data (Debian's
 # dataset-fashion-mnist) when they are missing.
 
 PYTHON_VERSION ?= 3.10
@@ -17,17 +17,18 @@ export PYTHONWARNINGS ?= ignore::FutureWarning
 
 .PHONY: help venv data run test test-all lock bench clean
 
+include mk/bootstrap.mk
+
 help:
 	@echo "make run    train + evaluate CNN-RNN and the BCE baseline on the default data"
 	@echo "make test   run the test suite"
 	@echo "make lock   re-resolve $(LOCK) from requirements/full.in"
 
 # --- setup -------------------------------------------------------------
-$(VENV)/.installed: $(LOCK) setup.py
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	@test -x $(PY) || uv venv --seed --python $(PYTHON_VERSION) $(VENV)
-	uv pip install --python $(PY) -r $(LOCK)
-	uv pip install --python $(PY) --no-deps -e .
+$(VENV)/.installed: $(LOCK) setup.py | $(UV)
+	$(call make_venv,$(VENV),$(PYTHON_VERSION))
+	$(UV) pip install --python $(PY) -r $(LOCK)
+	$(UV) pip install --python $(PY) --no-deps -e .
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -42,9 +43,8 @@ data:
 	  echo "note: $(FMNIST_DIR) missing; run 'sudo apt-get install dataset-fashion-mnist' (falls back to keras.datasets when online)"; \
 	fi
 
-lock:
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	uv pip compile --python-version $(PYTHON_VERSION) requirements/full.in -o $(LOCK)
+lock: | $(UV)
+	$(UV) pip compile --python-version $(PYTHON_VERSION) requirements/full.in -o $(LOCK)
 
 # --- the main job ------------------------------------------------------
 run: venv data
@@ -63,4 +63,4 @@ bench: venv data
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf runs build dist *.egg-info
+	rm -rf runs build dist *.egg-info $(TOOLS)

@@ -8,7 +8,7 @@
 #
 # The TFX stack pins TensorFlow 2.16 (see BUILD.md); this target checks that
 # `pip install cnnrnn-tf` alone works on current TensorFlow, as in Colab.
-# pyenv's 3.12.1 is found through .python-version; uv never downloads a Python.
+# pyenv's 3.12.1 is found through .python-version (mk/need_python.sh, mk/bootstrap.mk).
 
 CORE_LATEST_PYTHON ?= 3.12
 CORE_LATEST_VENV ?= .venv-tf-latest
@@ -20,26 +20,19 @@ CORE_LATEST_TESTS ?= tests/test_models.py tests/test_beam_search.py tests/test_m
 COLAB_VENV ?= .venv-colab
 COLAB_LOCK := requirements/lock-py312-colab.txt
 
-# (re)creates venv $(1) on Python $(2) unless it is there with that Python (an older
-# .venv-tf-latest was Python 3.11)
-define make_venv
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	@$(1)/bin/python -c 'import sys; sys.exit(sys.version.split(".")[:2] != "$(2)".split("."))' 2>/dev/null \
-	  || { rm -rf $(1) && UV_PYTHON_DOWNLOADS=never uv venv --seed --python $(2) $(1); }
-endef
 
 .PHONY: test-core-latest lock-core-latest venv-core-latest venv-colab
 
-$(CORE_LATEST_VENV)/.installed: $(CORE_LATEST_LOCK) setup.py
+$(CORE_LATEST_VENV)/.installed: $(CORE_LATEST_LOCK) setup.py | $(UV)
 	$(call make_venv,$(CORE_LATEST_VENV),$(CORE_LATEST_PYTHON))
-	uv pip install --python $(CORE_LATEST_PY) -r $(CORE_LATEST_LOCK)
-	uv pip install --python $(CORE_LATEST_PY) --no-deps -e .
+	$(UV) pip install --python $(CORE_LATEST_PY) -r $(CORE_LATEST_LOCK)
+	$(UV) pip install --python $(CORE_LATEST_PY) --no-deps -e .
 	@touch $@
 
 # No `-e .` here: the notebook's install cell must be what installs the package.
-$(COLAB_VENV)/.installed: $(COLAB_LOCK)
+$(COLAB_VENV)/.installed: $(COLAB_LOCK) | $(UV)
 	$(call make_venv,$(COLAB_VENV),$(CORE_LATEST_PYTHON))
-	uv pip install --python $(COLAB_VENV)/bin/python -r $(COLAB_LOCK)
+	$(UV) pip install --python $(COLAB_VENV)/bin/python -r $(COLAB_LOCK)
 	@touch $@
 
 venv-core-latest: $(CORE_LATEST_VENV)/.installed
@@ -49,8 +42,7 @@ venv-colab: $(COLAB_VENV)/.installed
 test-core-latest: venv-core-latest data
 	$(CORE_LATEST_PY) -m pytest -p no:xdist $(CORE_LATEST_TESTS) $(PYTEST_ARGS)
 
-lock-core-latest:
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	uv pip compile --python-version $(CORE_LATEST_PYTHON) requirements/core-latest.in -o $(CORE_LATEST_LOCK)
-	uv pip compile --python-version $(CORE_LATEST_PYTHON) requirements/colab.in \
+lock-core-latest: | $(UV)
+	$(UV) pip compile --python-version $(CORE_LATEST_PYTHON) requirements/core-latest.in -o $(CORE_LATEST_LOCK)
+	$(UV) pip compile --python-version $(CORE_LATEST_PYTHON) requirements/colab.in \
 	  -c $(CORE_LATEST_LOCK) -o $(COLAB_LOCK)
