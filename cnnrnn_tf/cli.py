@@ -277,13 +277,19 @@ def build_parser() -> Parser:
                    help="scene width and height in pixels (even, >= 56)")
     p.add_argument("--source", default=None, help="folder with Fashion-MNIST IDX files")
     p.set_defaults(func=cmd_data_fashion)
-    p = dsub.add_parser("split", help="carve a val split out of a train folder (by a hash)")
-    p.add_argument("--data", required=True, help="data folder of *.tfrecord.gz shards to split")
-    p.add_argument("--out", required=True,
+    p = dsub.add_parser(
+        "split", help="carve a val split out of a train folder (by a hash)",
+        description="Writes OUT/train and OUT/val from the records of --data, copied byte for "
+                    "byte. A record goes to val when sha256(seed + image/id, or its bytes "
+                    "without an id) falls below the fraction: the same data and seed always "
+                    "give the same split.")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="data folder of *.tfrecord.gz shards to split")
+    p.add_argument("--out", required=True, metavar="DIR",
                    help="writes OUT/train and OUT/val (refused when they hold shards)")
-    p.add_argument("--val-fraction", type=probability, required=True,
+    p.add_argument("--val-fraction", type=probability, required=True, metavar="F",
                    help="expected fraction of records in val, between 0 and 1 (exclusive)")
-    p.add_argument("--seed", type=non_negative_int, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S",
                    help="salt of the hash: the same data and seed give the same split")
     p.set_defaults(func=cmd_data_split)
     p = dsub.add_parser("from-csv", help="CSV with columns image,labels")
