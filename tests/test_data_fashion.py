@@ -356,6 +356,15 @@ def test_build_failure_midway_leaves_nothing(fake_source, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_item_pools_of_full_fashion_mnist_hold_back_the_last_10000_train_images():
+    # Only the sizes matter: Fashion-MNIST has 60,000 train and 10,000 test images.
+    source = {"train": (None, np.zeros(60000, np.uint8)), "test": (None, np.zeros(10000, np.uint8))}
+    pools = fo.item_pools(source)
+    assert pools["train"].tolist() == list(range(50000))
+    assert pools["val"].tolist() == list(range(50000, 60000))
+    assert pools["test"].tolist() == list(range(10000))
+
+
 def test_val_pool_without_a_class_is_refused(tmp_path):
     # Class 9 only in train images 0..49: the held-back part (50..59) has none.
     labels = {"train": _fake_labels("train").copy(), "test": _fake_labels("test")}
