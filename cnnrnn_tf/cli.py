@@ -27,10 +27,31 @@ def cmd_data_fashion(args) -> int:
     from cnnrnn_tf.data import build_fashion_outfits
 
     summary = build_fashion_outfits(args.out, num_train=args.train, num_test=args.test,
-                                    seed=args.seed, grammar=args.grammar,
+                                    num_val=args.val, seed=args.seed, grammar=args.grammar,
                                     source_dir=args.source, image_size=args.image_size)
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         print(summary[split])
+    return 0
+
+
+def cmd_data_split(args) -> int:
+    import logging
+
+    from cnnrnn_tf.data import split_train_val
+
+    # The split's warning (a training label without val examples) as one "warning: ..." line.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logger = logging.getLogger("cnnrnn_tf.data.split")
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        summary = split_train_val(args.data, args.out, args.val_fraction, seed=args.seed)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    for side in ("train", "val"):
+        print(summary[side])
     return 0
 
 
@@ -240,15 +261,37 @@ def build_parser() -> Parser:
     dsub = data.add_subparsers(dest="data_command", metavar="SOURCE", parser_class=Parser)
     dsub.required = True
     p = dsub.add_parser("fashion-outfits", help="the built-in default data set")
-    p.add_argument("--out", required=True, help="writes OUT/train and OUT/test")
-    p.add_argument("--train", type=positive_int, default=10000, help="train scenes")
-    p.add_argument("--test", type=positive_int, default=2000, help="test scenes")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--out", required=True, help="writes OUT/train, OUT/val and OUT/test")
+    p.add_argument("--train", type=positive_int, default=10000,
+                   help="train scenes (from Fashion-MNIST train images 0..49,999)")
+    p.add_argument("--val", type=positive_int, default=None,
+                   help="val scenes (from Fashion-MNIST train images 50,000..59,999, which no "
+                        "train scene uses; default: the --test size)")
+    p.add_argument("--test", type=positive_int, default=2000,
+                   help="test scenes (from Fashion-MNIST test images)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="random seed: the same seed writes the same shards")
     p.add_argument("--grammar", choices=("outfits", "independent"), default="outfits",
                    help="'independent': the control variant without label dependencies")
-    p.add_argument("--image-size", type=positive_int, default=64)
+    p.add_argument("--image-size", type=positive_int, default=64,
+                   help="scene width and height in pixels (even, >= 56)")
     p.add_argument("--source", default=None, help="folder with Fashion-MNIST IDX files")
     p.set_defaults(func=cmd_data_fashion)
+    p = dsub.add_parser(
+        "split", help="carve a val split out of a train folder (by a hash)",
+        description="Writes OUT/train and OUT/val from the records of --data, copied byte for "
+                    "byte. A record goes to val when sha256(seed + image/id, or its bytes "
+                    "without an id) falls below the fraction: the same data and seed always "
+                    "give the same split.")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="data folder of *.tfrecord.gz shards to split")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="writes OUT/train and OUT/val (refused when they hold shards)")
+    p.add_argument("--val-fraction", type=probability, required=True, metavar="F",
+                   help="expected fraction of records in val, between 0 and 1 (exclusive)")
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S",
+                   help="salt of the hash: the same data and seed give the same split")
+    p.set_defaults(func=cmd_data_split)
     p = dsub.add_parser("from-csv", help="CSV with columns image,labels")
     p.add_argument("--csv", required=True)
     p.add_argument("--out", required=True)

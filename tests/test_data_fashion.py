@@ -15,8 +15,12 @@ from cnnrnn_tf.data import idx
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.schema import iter_records, list_shards
 
-PER_CLASS = 5
+from tests.reliability_helpers import assert_cli_error, run_main
+
+PER_CLASS = 6
 REAL_DIR = "/usr/share/datasets/fashion-mnist"
+# The fake train split has 60 items: val holds back the last sixth, positions 50..59.
+HELD_BACK = 50
 
 
 def _idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
@@ -26,30 +30,33 @@ def _idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
     return header + array.astype(">u1").tobytes()
 
 
-def _pixel_value(split: str, cls: int, index: int) -> int:
-    """Train items are even, test items odd; the value also encodes class and index."""
-    return 2 * (PER_CLASS * cls + index) + 2 + (1 if split == "test" else 0)
+def _fake_labels(split: str) -> np.ndarray:
+    """Blocks of the 10 classes, each block shuffled: every sixth of the split has every class."""
+    rng = np.random.RandomState(7 if split == "train" else 8)
+    return np.concatenate([rng.permutation(10) for _ in range(PER_CLASS)]).astype(np.uint8)
+
+
+def _pixel_value(split: str, position: int) -> int:
+    """Train items are even, test items odd; the value also encodes the item's position."""
+    return 2 * position + 2 + (1 if split == "test" else 0)
 
 
 def _decode_value(value: int):
+    """(source split, position in it, class) of an item's pixel value."""
     split = "test" if value % 2 else "train"
-    code = (value - 2 - (value % 2)) // 2
-    return split, code // PER_CLASS, code % PER_CLASS
+    position = (value - 2 - (value % 2)) // 2
+    return split, position, int(_fake_labels(split)[position])
 
 
-def _write_fake_source(folder, gz: bool = True):
+def _write_fake_source(folder, gz: bool = True, labels=None):
     """Fake Fashion-MNIST: each item is a solid 28x28 block of one marker value."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, images_name, labels_name in fo.SOURCE_FILES:
-        labels = np.repeat(np.arange(10, dtype=np.uint8), PER_CLASS)
-        order = np.random.RandomState(7 if split == "train" else 8).permutation(len(labels))
-        labels = labels[order]
-        images = np.zeros((len(labels), 28, 28), np.uint8)
-        seen = Counter()
-        for i, c in enumerate(labels):
-            images[i] = _pixel_value(split, int(c), seen[int(c)])
-            seen[int(c)] += 1
-        for name, array in ((images_name, images), (labels_name, labels)):
+        split_labels = _fake_labels(split) if labels is None else labels[split]
+        images = np.zeros((len(split_labels), 28, 28), np.uint8)
+        for i in range(len(split_labels)):
+            images[i] = _pixel_value(split, i)
+        for name, array in ((images_name, images), (labels_name, split_labels)):
             data = _idx_bytes(array)
             if gz:
                 (folder / (name + ".gz")).write_bytes(gzip.compress(data))
@@ -189,17 +196,21 @@ def test_samplers_match_frequencies_but_not_cooccurrence():
 def test_build_counts_labels_and_splits(fake_source, tmp_path):
     out = tmp_path / "out"
     summary = fo.build_fashion_outfits(
-        str(out), num_train=60, num_test=25, seed=3, source_dir=str(fake_source), progress=False
+        str(out), num_train=60, num_test=25, seed=3, source_dir=str(fake_source), progress=False,
+        num_val=30,
     )
-    assert summary["train"].written == 60 and summary["test"].written == 25
+    sizes = {"train": 60, "val": 30, "test": 25}
+    assert list(summary) == ["train", "val", "test"]
+    assert {split: s.written for split, s in summary.items()} == sizes
+    assert sorted(os.listdir(out)) == ["test", "train", "val"]
     assert sum(summary["train"].labels.values()) >= 60
-    for split in ("train", "test"):  # label_counts.json: the counts without a scan
+    for split in sizes:  # label_counts.json: the counts without a scan
         counts = json.loads((out / split / "label_counts.json").read_text())
         assert counts == {"num_examples": summary[split].written,
                           "label_counts": summary[split].labels,
                           "shards": [os.path.basename(p) for p in summary[split].shards]}
-    used_items = Counter()
-    for split, n in (("train", 60), ("test", 25)):
+    used_items = {split: Counter() for split in sizes}
+    for split, n in sizes.items():
         records = list(iter_records(str(out / split)))
         assert len(records) == n
         assert [r.image_id for r in records] == [f"{split}-{i:06d}" for i in range(n)]
@@ -212,33 +223,77 @@ def test_build_counts_labels_and_splits(fake_source, tmp_path):
             pixels = np.asarray(image)
             values = set(np.unique(pixels).tolist()) - {0}
             items = [_decode_value(v) for v in values]
-            # Only pixels of this split, and exactly one item per label, of the right class.
-            assert {s for s, _, _ in items} == {split}
-            assert sorted(fo.OUTFIT_LABELS[c] for _, c, _ in items) == sorted(record.labels)
+            # Exactly one item per label, of the right class.
+            assert sorted(fo.OUTFIT_LABELS[c] for _, _, c in items) == sorted(record.labels)
             for value in values:
                 assert (pixels == value).sum() == 28 * 28
-            used_items.update((split, c, i) for _, c, i in items)
+            used_items[split].update((source, position) for source, position, _ in items)
+    # Each split's items come from its own part of Fashion-MNIST: train from train images
+    # 0..49 (of 60), val from the held-back 50..59, test from the test images.
+    assert {s for s, _ in used_items["train"]} == {"train"}
+    assert max(p for _, p in used_items["train"]) < HELD_BACK
+    assert {s for s, _ in used_items["val"]} == {"train"}
+    assert min(p for _, p in used_items["val"]) >= HELD_BACK
+    assert {s for s, _ in used_items["test"]} == {"test"}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not set(used_items[a]) & set(used_items[b]), (a, b)
+    # item_pools says the same.
+    pools = fo.item_pools(fo.load_fashion_mnist(str(fake_source)))
+    assert pools["train"].tolist() == list(range(HELD_BACK))
+    assert pools["val"].tolist() == list(range(HELD_BACK, 60))
+    assert {p for _, p in used_items["val"]} <= set(pools["val"].tolist())
     # Items are drawn from the whole class pool, not always the same image.
     for c in range(10):
-        drawn = {i for (s, cls, i) in used_items if s == "train" and cls == c}
-        if sum(n for (s, cls, _), n in used_items.items() if s == "train" and cls == c) >= 10:
+        drawn = {p for (s, p) in used_items["train"] if _fake_labels(s)[p] == c}
+        if sum(n for (s, p), n in used_items["train"].items() if _fake_labels(s)[p] == c) >= 10:
             assert len(drawn) >= 3
 
 
+def test_num_val_is_keyword_only_and_defaults_to_num_test(fake_source, tmp_path):
+    # The README's call, and the 0.4.0 positional form, still work; val gets the test size.
+    summary = fo.build_fashion_outfits(str(tmp_path / "a"), 4, 3, 0, "outfits",
+                                       str(fake_source), 64, False)
+    assert {split: s.written for split, s in summary.items()} == {"train": 4, "val": 3, "test": 3}
+    with pytest.raises(TypeError):
+        fo.build_fashion_outfits(str(tmp_path / "b"), 4, 3, 0, "outfits", str(fake_source), 64,
+                                 False, 5)
+    with pytest.raises(InputError, match="num_val"):
+        fo.build_fashion_outfits(str(tmp_path / "b"), num_val=0, source_dir=str(fake_source))
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_writes_and_prints_val(fake_source, tmp_path, capfd):
+    out = tmp_path / "out"
+    code, stdout, err = run_main(["data", "fashion-outfits", "--out", out, "--train", "4",
+                                  "--val", "3", "--test", "2", "--source", fake_source], capfd)
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(out / s) for s in ("train", "val", "test")]
+    assert "wrote 3 examples" in lines[1]
+    assert "fashion-outfits: val 3/3 scenes" in err
+    assert len(list(iter_records(str(out / "val")))) == 3
+    code, _, err = run_main(["data", "fashion-outfits", "--out", tmp_path / "x", "--val", "0"],
+                            capfd)
+    assert_cli_error(code, err, "--val", argparse_ok=True)
+
+
 def test_build_is_deterministic(fake_source, tmp_path):
-    kwargs = dict(num_train=30, num_test=10, source_dir=str(fake_source), progress=False)
+    kwargs = dict(num_train=30, num_test=10, num_val=8, source_dir=str(fake_source),
+                  progress=False)
     fo.build_fashion_outfits(str(tmp_path / "a"), seed=5, **kwargs)
     fo.build_fashion_outfits(str(tmp_path / "b"), seed=5, **kwargs)
     fo.build_fashion_outfits(str(tmp_path / "c"), seed=6, **kwargs)
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         assert _shard_bytes(tmp_path / "a" / split) == _shard_bytes(tmp_path / "b" / split)
         assert _shard_bytes(tmp_path / "a" / split) != _shard_bytes(tmp_path / "c" / split)
         a = [(r.image, r.labels) for r in iter_records(str(tmp_path / "a" / split))]
         c = [(r.image, r.labels) for r in iter_records(str(tmp_path / "c" / split))]
         assert a != c
-    # The test scenes do not depend on num_train.
-    fo.build_fashion_outfits(str(tmp_path / "d"), seed=5, **dict(kwargs, num_train=7))
-    assert _shard_bytes(tmp_path / "a" / "test") == _shard_bytes(tmp_path / "d" / "test")
+    # The val and test scenes do not depend on the other splits' sizes.
+    fo.build_fashion_outfits(str(tmp_path / "d"), seed=5, **dict(kwargs, num_train=7, num_test=3))
+    assert _shard_bytes(tmp_path / "a" / "val") == _shard_bytes(tmp_path / "d" / "val")
+    fo.build_fashion_outfits(str(tmp_path / "e"), seed=5, **dict(kwargs, num_train=7, num_val=2))
+    assert _shard_bytes(tmp_path / "a" / "test") == _shard_bytes(tmp_path / "e" / "test")
 
 
 def test_build_independent_grammar(fake_source, tmp_path):
@@ -249,6 +304,8 @@ def test_build_independent_grammar(fake_source, tmp_path):
     records = list(iter_records(str(tmp_path / "ind" / "train")))
     assert len(records) == 300 and all(1 <= len(r.labels) <= 4 for r in records)
     assert sum(not _fits_grammar(r.labels) for r in records) > 5
+    val = list(iter_records(str(tmp_path / "ind" / "val")))
+    assert len(val) == 5 and (tmp_path / "ind" / "val" / "label_counts.json").exists()
 
 
 def test_build_refuses_existing_shards_and_bad_args(fake_source, tmp_path, capsys):
@@ -259,6 +316,16 @@ def test_build_refuses_existing_shards_and_bad_args(fake_source, tmp_path, capsy
     with pytest.raises(InputError, match="already holds"):
         fo.build_fashion_outfits(str(out), num_train=3, num_test=2, source_dir=str(fake_source))
     assert sorted(os.listdir(out / "train")) + sorted(os.listdir(out / "test")) == before
+    # Shards in val/ alone are refused too, before anything is written.
+    fo.build_fashion_outfits(str(tmp_path / "v"), num_train=3, num_test=2,
+                             source_dir=str(fake_source), progress=False)
+    for split in ("train", "test"):
+        for name in os.listdir(tmp_path / "v" / split):
+            os.remove(tmp_path / "v" / split / name)
+    with pytest.raises(InputError, match=r"v.val: already holds"):
+        fo.build_fashion_outfits(str(tmp_path / "v"), num_train=3, num_test=2,
+                                 source_dir=str(fake_source), progress=False)
+    assert not os.listdir(tmp_path / "v" / "train") and not os.listdir(tmp_path / "v" / "test")
     with pytest.raises(InputError, match="grammar"):
         fo.build_fashion_outfits(str(tmp_path / "x"), grammar="random", source_dir=str(fake_source))
     with pytest.raises(InputError, match="image_size"):
@@ -289,6 +356,30 @@ def test_build_failure_midway_leaves_nothing(fake_source, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_item_pools_of_full_fashion_mnist_hold_back_the_last_10000_train_images():
+    # Only the sizes matter: Fashion-MNIST has 60,000 train and 10,000 test images.
+    source = {"train": (None, np.zeros(60000, np.uint8)), "test": (None, np.zeros(10000, np.uint8))}
+    pools = fo.item_pools(source)
+    assert pools["train"].tolist() == list(range(50000))
+    assert pools["val"].tolist() == list(range(50000, 60000))
+    assert pools["test"].tolist() == list(range(10000))
+
+
+def test_val_pool_without_a_class_is_refused(tmp_path):
+    # Class 9 only in train images 0..49: the held-back part (50..59) has none.
+    labels = {"train": _fake_labels("train").copy(), "test": _fake_labels("test")}
+    nines = np.flatnonzero(labels["train"] == 9)
+    late = nines[nines >= HELD_BACK]
+    early_other = [i for i in range(HELD_BACK) if labels["train"][i] != 9][: len(late)]
+    labels["train"][late], labels["train"][early_other] = labels["train"][early_other], 9
+    source = _write_fake_source(tmp_path / "src", labels=labels)
+    with pytest.raises(InputError, match=r"train split \(its last 10 images, held back for val\): "
+                                         r"no image of class 9"):
+        fo.build_fashion_outfits(str(tmp_path / "out"), num_train=5, num_test=5,
+                                 source_dir=str(source), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_build_larger_image_size(fake_source, tmp_path):
     fo.build_fashion_outfits(str(tmp_path / "big"), num_train=4, num_test=2, image_size=96,
                              source_dir=str(fake_source), progress=False)
@@ -305,6 +396,9 @@ def test_build_from_real_fashion_mnist(tmp_path):
         str(tmp_path / "real"), num_train=40, num_test=20, source_dir=REAL_DIR, progress=False
     )
     assert summary["train"].written == 40 and summary["test"].written == 20
+    assert summary["val"].written == 20
+    pools = fo.item_pools(fo.load_fashion_mnist(REAL_DIR))
+    assert (pools["train"][-1], pools["val"][0], pools["val"][-1]) == (49999, 50000, 59999)
     for record in iter_records(str(tmp_path / "real" / "test")):
         assert _fits_grammar(record.labels)
         pixels = np.asarray(Image.open(io.BytesIO(record.image)))

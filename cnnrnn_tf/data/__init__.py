@@ -4,6 +4,8 @@
   Fashion-MNIST items composed into multi-label outfit scenes.
 * :mod:`cnnrnn_tf.data.converters`: CSV, MS-COCO and Pascal VOC converters
   (:mod:`cnnrnn_tf.data.beam_writer`: their Apache Beam path).
+* :mod:`cnnrnn_tf.data.split`: carving a val split out of a train folder
+  (``cnnrnn data split``), by a stable hash, copying records byte for byte.
 * :mod:`cnnrnn_tf.data.idx`: the IDX (MNIST) file reader.
 """
 from cnnrnn_tf.data.converters import (
@@ -19,11 +21,13 @@ from cnnrnn_tf.data.fashion_outfits import (
     OUTFIT_STYLES,
     build_fashion_outfits,
     describe_grammar,
+    item_pools,
     label_frequencies,
     load_fashion_mnist,
     make_label_sampler,
 )
 from cnnrnn_tf.data.idx import read_idx, read_idx_images, read_idx_labels, write_idx
+from cnnrnn_tf.data.split import split_train_val, val_point
 
 __all__ = [
     "BadImageError",
@@ -35,6 +39,7 @@ __all__ = [
     "convert_csv",
     "convert_voc",
     "describe_grammar",
+    "item_pools",
     "label_frequencies",
     "load_fashion_mnist",
     "make_label_sampler",
@@ -42,5 +47,7 @@ __all__ = [
     "read_idx_images",
     "read_idx_labels",
     "read_image_file",
+    "split_train_val",
+    "val_point",
     "write_idx",
 ]

@@ -56,10 +56,15 @@ Scenes. The canvas (``image_size``, default 64) is split into a 2x2 grid of
 cells; each item (a 28x28 Fashion-MNIST image drawn uniformly from its class
 in the split) goes into its own random cell with a random offset of
 0..(cell - 28) pixels (0..4 at 64x64); overlapping pixels take the maximum.
-Train scenes use only Fashion-MNIST's train split, test scenes only its test
-split. Everything is drawn from ``numpy.random.default_rng([seed, split])``,
-so a seed gives byte-identical shards, and the test scenes do not depend on
-num_train. Labels are stored in the order the items were drawn.
+Labels are stored in the order the items were drawn.
+
+Splits. The three splits never share a Fashion-MNIST item (see
+:func:`item_pools`): train scenes use the first five sixths of Fashion-MNIST's
+train images by index (0..49,999), val scenes the last sixth (50,000..59,999,
+held back from train), test scenes its test images. Each split is drawn from
+``numpy.random.default_rng([seed, k])`` (k = 0 train, 1 test, 2 val), so a seed
+gives byte-identical shards, and the val and test scenes do not depend on the
+other splits' sizes.
 
 Source files: :func:`load_fashion_mnist` reads the four IDX files from
 ``source_dir``, else ``$CNNRNN_FASHION_MNIST_DIR``, else
@@ -102,6 +107,12 @@ SOURCE_FILES: Tuple[Tuple[str, str, str], ...] = (
     ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 )
 ITEM_SIZE = 28
+# Splits in the order they are written, each with its Fashion-MNIST split and rng stream.
+SPLITS: Tuple[str, ...] = ("train", "val", "test")
+_SOURCE_SPLIT = {"train": "train", "val": "train", "test": "test"}
+_RNG_STREAM = {"train": 0, "test": 1, "val": 2}
+# The last 1/VAL_HOLDBACK of the train images (10,000 of 60,000) are val's items.
+VAL_HOLDBACK = 6
 MAX_ITEMS = 4
 OFF_STYLE_PROBABILITY = 0.10
 RECORDS_PER_SHARD = 2048
@@ -463,6 +474,35 @@ def _check_count(name: str, value) -> int:
     return int(value)
 
 
+def item_pools(source: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """The Fashion-MNIST item indices each split draws from: {"train", "val", "test"}.
+
+    ``source`` is what :func:`load_fashion_mnist` returns. "train" and "val" index
+    into its train images ("val": the last ``len // VAL_HOLDBACK``, i.e. 50,000..59,999
+    of Fashion-MNIST's 60,000; "train": the ones before), "test" into its test
+    images. So no item is shared between two splits.
+    """
+    num_train = len(source["train"][1])
+    held_back = num_train - num_train // VAL_HOLDBACK
+    return {
+        "train": np.arange(held_back),
+        "val": np.arange(held_back, num_train),
+        "test": np.arange(len(source["test"][1])),
+    }
+
+
+def _class_pools(split: str, classes: np.ndarray, items: np.ndarray) -> List[np.ndarray]:
+    """Per class, the indices (into the source split) of ``items`` of that class."""
+    by_class = [items[classes[items] == c] for c in range(len(OUTFIT_LABELS))]
+    for c, pool in enumerate(by_class):
+        if not len(pool):
+            where = f"Fashion-MNIST {_SOURCE_SPLIT[split]} split"
+            if split == "val":
+                where += f" (its last {len(items)} images, held back for val)"
+            raise InputError(f"{where}: no image of class {c} ({OUTFIT_LABELS[c]})")
+    return by_class
+
+
 def build_fashion_outfits(
     out_dir: str,
     num_train: int = 10000,
@@ -472,22 +512,28 @@ def build_fashion_outfits(
     source_dir: Optional[str] = None,
     image_size: int = 64,
     progress: bool = True,
+    *,
+    num_val: Optional[int] = None,
 ) -> Dict[str, ConversionSummary]:
-    """Builds the Fashion-MNIST outfits data set in out_dir/train and out_dir/test.
+    """Builds the Fashion-MNIST outfits data set in out_dir/train, out_dir/val and out_dir/test.
 
-    Writes ``num_train`` scenes from Fashion-MNIST's train split and ``num_test``
-    from its test split as GZIP TFRecord shards (``train-00000-of-00005.tfrecord.gz``
-    ...), with ids ``train-000000``, ``test-000000``, .... Deterministic for a
-    seed. Refuses (InputError) when out_dir/train or out_dir/test already holds
-    shards; on any error nothing is left behind. Prints a progress line to
+    Writes ``num_train`` scenes from the first five sixths of Fashion-MNIST's
+    train images, ``num_val`` (keyword only; default ``num_test``) from the last
+    sixth, and ``num_test`` from its test images (:func:`item_pools`: no item is
+    in two splits), as GZIP TFRecord shards (``train-00000-of-00005.tfrecord.gz``
+    ...) with ids ``train-000000``, ``val-000000``, ``test-000000``, ..., and a
+    ``label_counts.json`` in each split folder. Deterministic for a seed.
+    Refuses (InputError) when out_dir/train, out_dir/val or out_dir/test already
+    holds shards; on any error nothing is left behind. Prints a progress line to
     stderr every 2000 scenes when progress.
 
     Returns:
-        {"train": ConversionSummary, "test": ConversionSummary}.
+        {"train": ConversionSummary, "val": ConversionSummary, "test": ConversionSummary}.
     """
     out_dir = os.fspath(out_dir)
     num_train = _check_count("num_train", num_train)
     num_test = _check_count("num_test", num_test)
+    num_val = num_test if num_val is None else _check_count("num_val", num_val)
     _check_grammar(grammar)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed: must be a non-negative integer, got {seed!r}")
@@ -501,22 +547,20 @@ def build_fashion_outfits(
             f"image_size: must be an even integer >= {2 * ITEM_SIZE} (2x2 cells of at least "
             f"{ITEM_SIZE} pixels), got {image_size!r}"
         )
-    split_dirs = {split: uri.join(out_dir, split) for split in ("train", "test")}
+    counts = {"train": num_train, "val": num_val, "test": num_test}
+    split_dirs = {split: uri.join(out_dir, split) for split in SPLITS}
     for split_dir in split_dirs.values():
         check_no_shards(split_dir)
     source = load_fashion_mnist(source_dir)
+    pools = item_pools(source)
     sample_labels = make_label_sampler(grammar)
     summaries: Dict[str, ConversionSummary] = {}
     with output_guard(out_dir, *split_dirs.values()) as written:
-        for split_index, (split, count) in enumerate((("train", num_train), ("test", num_test))):
-            images, classes = source[split]
-            by_class = [np.flatnonzero(classes == c) for c in range(len(OUTFIT_LABELS))]
-            for c, pool in enumerate(by_class):
-                if not len(pool):
-                    raise InputError(
-                        f"Fashion-MNIST {split} split: no image of class {c} ({OUTFIT_LABELS[c]})"
-                    )
-            rng = np.random.default_rng([int(seed), split_index])
+        for split in SPLITS:
+            count = counts[split]
+            images, classes = source[_SOURCE_SPLIT[split]]
+            by_class = _class_pools(split, classes, pools[split])
+            rng = np.random.default_rng([int(seed), _RNG_STREAM[split]])
             label_counts: Counter = Counter()
             with ShardWriter(split_dirs[split], prefix=split, records_per_shard=RECORDS_PER_SHARD) as writer:
                 for i in range(count):
