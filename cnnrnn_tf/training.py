@@ -6,6 +6,7 @@ import importlib.util
 import dataclasses
 import logging
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -168,7 +169,10 @@ class TrainResult:
     config: TrainConfig
     info: Dict[str, Any]
     history: Dict[str, List[float]]
+    # metrics.json as written: the final split's metrics (the test split's when one was
+    # given, else the validation split's) with "split", "data" and "validation".
     metrics: Optional[Dict[str, Any]] = None
+    validation_metrics: Optional[Dict[str, Any]] = None  # the validation split's metrics
 
 
 def train(
@@ -177,6 +181,7 @@ def train(
     eval_data,
     out_dir: str,
     *,
+    test_data=None,
     vocab: Optional[LabelVocabulary] = None,
     strategy: Optional[tf.distribute.Strategy] = None,
     export: bool = True,
@@ -188,10 +193,16 @@ def train(
 ) -> TrainResult:
     """Trains the model ``config`` describes and writes MODEL_DIR ``out_dir``.
 
-    ``train_data`` / ``eval_data``: a data folder, a glob pattern or a list of shard
-    files. The vocabulary is built from the training labels unless given (the TFX
-    Trainer passes the one Transform computed). An interrupted run resumes from
-    ``out_dir/backup`` when started again with the same arguments.
+    ``train_data`` / ``eval_data`` / ``test_data``: a data folder, a glob pattern or a list
+    of shard files. ``eval_data`` is the validation split: it drives early stopping,
+    checkpoint selection, threshold calibration and the ``val_*`` history. ``test_data``
+    (optional) is only scored: it is first read after the model is final (best epoch
+    restored, thresholds calibrated, MODEL_DIR and SavedModel written), so no choice depends
+    on it; it may not be the training or the validation data. metrics.json (and
+    ``TrainResult.metrics``) then holds the test split's metrics, else the validation
+    split's; see :func:`final_metrics`. The vocabulary is built from the training labels
+    unless given (the TFX Trainer passes the one Transform computed). An interrupted run
+    resumes from ``out_dir/backup`` when started again with the same arguments.
     ``rank``: the label order as a rank per vocabulary index (lower first); default from
     ``config.label_order``. It is saved in config.json (``label_rank``), so fine-tuning keeps it.
     ``initial_model``: train this model (e.g. from ``cnnrnn_tf.finetune``) instead of
@@ -202,6 +213,7 @@ def train(
     writes ``out_dir``, the others a temporary folder they remove (``cnnrnn_tf.cluster``).
     ``config.batch_size`` is the global batch, split over all replicas.
     """
+    check_splits_apart(train_data, eval_data, test_data)
     strategy = strategy or choose_strategy()
     out_dir = prepare_out_dir(out_dir)
     device_type = strategy_device_type(strategy)
@@ -249,12 +261,79 @@ def train(
             export_saved_model(model, plan.vocab, config.image_size,
                                join(write_dir, SAVED_MODEL_DIR), beam_size=config.beam_size)
         if evaluate_after and chief:
-            from cnnrnn_tf.evaluation import evaluate_model
-
-            result.metrics = evaluate_model(model, plan.vocab, eval_data, config.image_size,
-                                            beam_size=config.beam_size, stats=plan.eval_stats)
+            # The model is final and written: only now is the test split read.
+            result.validation_metrics, result.metrics = final_metrics(
+                model, config, plan, train_data, eval_data, test_data)
             write_json(join(write_dir, METRICS_FILE), result.metrics)
     return result
+
+
+def check_splits_apart(train_data, eval_data, test_data=None) -> None:
+    """InputError when ``test_data`` names the same data as ``eval_data`` or ``train_data``
+    (compared as absolute paths, local symbolic links resolved, or as URIs; a list of
+    shards as its set of paths). Only the names are compared: no file is opened."""
+    if test_data is None:
+        return
+    test = _split_key(test_data)
+    for role, flag, data in (("validation", "--eval", eval_data),
+                             ("training", "--train", train_data)):
+        if _split_key(data) == test:
+            raise InputError(f"{_shown(test_data)}: the test split (--test) is also the "
+                             f"{role} split ({flag}); give --test data that no step of "
+                             f"training reads")
+
+
+def _split_key(data):
+    """The normalised name(s) of a data argument: a frozenset of paths."""
+    items = data if isinstance(data, (list, tuple)) else [data]
+    keys = []
+    for item in items:
+        path = absolute(str(item))
+        if is_remote(path):
+            keys.append(path.rstrip("/"))
+        else:
+            keys.append(os.path.realpath(path))
+    return frozenset(keys)
+
+
+def _shown(data) -> str:
+    if isinstance(data, (list, tuple)):
+        return f"{len(data)} shard files" if len(data) != 1 else str(data[0])
+    return str(data)
+
+
+def _data_name(data):
+    """A data argument as metrics.json records it: a path string or a list of them."""
+    if data is None:
+        return None
+    if isinstance(data, (list, tuple)):
+        return [str(d) for d in data]
+    return absolute(str(data))
+
+
+def final_metrics(model, config: TrainConfig, plan: TrainPlan, train_data, eval_data,
+                  test_data=None):
+    """(validation metrics, metrics.json's dict) of the final model.
+
+    The metrics.json dict holds the final split's metrics at the top level (the test
+    split's when ``test_data`` is given, else the validation split's), ``"split"``
+    (``"test"`` or ``"eval"``), ``"data"`` (the folders of every split, ``"test"`` None
+    without one) and ``"validation"`` (the validation split's metrics, in every case, so
+    a reader finds them at one place). Both splits are scored by the same
+    :func:`cnnrnn_tf.evaluation.evaluate_model` that ``cnnrnn evaluate`` runs.
+    """
+    from cnnrnn_tf.evaluation import evaluate_model
+
+    score = dict(image_size=config.image_size, beam_size=config.beam_size)
+    validation = evaluate_model(model, plan.vocab, eval_data, stats=plan.eval_stats, **score)
+    final = validation if test_data is None else evaluate_model(model, plan.vocab, test_data,
+                                                                **score)
+    metrics = dict(final)
+    metrics["split"] = "eval" if test_data is None else "test"
+    metrics["data"] = {"train": _data_name(train_data), "eval": _data_name(eval_data),
+                       "test": _data_name(test_data)}
+    metrics["validation"] = validation
+    return validation, metrics
 
 
 # ------------------------------------------------------------------ the steps of train()
