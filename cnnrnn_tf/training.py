@@ -302,13 +302,17 @@ def _shown(data) -> str:
     return str(data)
 
 
-def _data_name(data):
-    """A data argument as metrics.json records it: a path string or a list of them."""
-    if data is None:
-        return None
-    if isinstance(data, (list, tuple)):
-        return [str(d) for d in data]
-    return absolute(str(data))
+def split_names(train_data, eval_data, test_data=None) -> Dict[str, Any]:
+    """metrics.json's ``"data"``: each split as given (a folder, a glob pattern or a list
+    of shards), local paths made absolute; ``"test"`` None without a test split."""
+    def name(data):
+        if data is None:
+            return None
+        if isinstance(data, (list, tuple)):
+            return [absolute(str(d)) for d in data]
+        return absolute(str(data))
+
+    return {"train": name(train_data), "eval": name(eval_data), "test": name(test_data)}
 
 
 def final_metrics(model, config: TrainConfig, plan: TrainPlan, train_data, eval_data,
@@ -330,8 +334,7 @@ def final_metrics(model, config: TrainConfig, plan: TrainPlan, train_data, eval_
                                                                 **score)
     metrics = dict(final)
     metrics["split"] = "eval" if test_data is None else "test"
-    metrics["data"] = {"train": _data_name(train_data), "eval": _data_name(eval_data),
-                       "test": _data_name(test_data)}
+    metrics["data"] = split_names(train_data, eval_data, test_data)
     metrics["validation"] = validation
     return validation, metrics
 
