@@ -198,9 +198,9 @@ def train(
     checkpoint selection, threshold calibration and the ``val_*`` history. ``test_data``
     (optional) is only scored: it is first read after the model is final (best epoch
     restored, thresholds calibrated, MODEL_DIR and SavedModel written), so no choice depends
-    on it; it may not be the training or the validation data. metrics.json (and
-    ``TrainResult.metrics``) then holds the test split's metrics, else the validation
-    split's; see :func:`final_metrics`. The vocabulary is built from the training labels
+    on it (and only when ``evaluate_after``, on the chief); it may not be the training or
+    the validation data. metrics.json (and ``TrainResult.metrics``) then holds the test
+    split's metrics, else the validation split's; see :func:`final_metrics`. The vocabulary is built from the training labels
     unless given (the TFX Trainer passes the one Transform computed). An interrupted run
     resumes from ``out_dir/backup`` when started again with the same arguments.
     ``rank``: the label order as a rank per vocabulary index (lower first); default from
