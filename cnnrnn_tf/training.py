@@ -21,7 +21,7 @@ from cnnrnn_tf.cluster import (TF_CONFIG, ClusterConfig, is_chief, is_multi_work
                                worker_dir)
 from cnnrnn_tf.config import TrainConfig, default_epochs, early_stopping_patience
 from cnnrnn_tf.dataset import (LabelStats, choose_cache, choose_max_labels, make_dataset,
-                               scan_labels)
+                               resolve_files, scan_labels)
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.io_utils import copy_tree, makedirs, remove_quietly
 from cnnrnn_tf.uri import absolute, ensure_filesystem, is_remote, join, storage_error
@@ -269,31 +269,33 @@ def train(
 
 
 def check_splits_apart(train_data, eval_data, test_data=None) -> None:
-    """InputError when ``test_data`` names the same data as ``eval_data`` or ``train_data``
-    (compared as absolute paths, local symbolic links resolved, or as URIs; a list of
-    shards as its set of paths). Only the names are compared: no file is opened."""
+    """InputError when ``test_data`` shares a shard with ``eval_data`` or ``train_data``:
+    the same folder under another name (a trailing slash, ``..``, a symbolic link), a glob
+    or a list of shards over it; or when it names no shard. Only names and folder listings
+    are read, no shard: a wrong ``--test`` fails before training, yet nothing of the test
+    data can steer it."""
     if test_data is None:
         return
-    test = _split_key(test_data)
+    test = _shard_set(test_data)
     for role, flag, data in (("validation", "--eval", eval_data),
                              ("training", "--train", train_data)):
-        if _split_key(data) == test:
+        other = _shard_set(data)
+        shared = test & other
+        if shared == test == other:
             raise InputError(f"{_shown(test_data)}: the test split (--test) is also the "
                              f"{role} split ({flag}); give --test data that no step of "
                              f"training reads")
+        if shared:
+            raise InputError(f"{_shown(test_data)}: {len(shared)} of the test split's "
+                             f"{len(test)} shards (--test) are also in the {role} split "
+                             f"({flag}), e.g. {sorted(shared)[0]}; give --test data that no "
+                             f"step of training reads")
 
 
-def _split_key(data):
-    """The normalised name(s) of a data argument: a frozenset of paths."""
-    items = data if isinstance(data, (list, tuple)) else [data]
-    keys = []
-    for item in items:
-        path = absolute(str(item))
-        if is_remote(path):
-            keys.append(path.rstrip("/"))
-        else:
-            keys.append(os.path.realpath(path))
-    return frozenset(keys)
+def _shard_set(data) -> frozenset:
+    """The shard files of a data argument, local ones with symbolic links resolved."""
+    return frozenset(path if is_remote(path) else os.path.realpath(path)
+                     for path in resolve_files(data))
 
 
 def _shown(data) -> str:

@@ -78,6 +78,8 @@ def test_the_test_split_is_opened_only_after_the_model_is_written(traced_run):
         saved_model, os.path.join(saved_model, "saved_model.pb")), "SavedModel publication")[-1]
     history_written = index(lambda p: os.path.realpath(p[-1]) == history,
                             "history.json write")[-1]
+    # Listing the test folder (to refuse a --test that is --eval, or missing, at once) opens
+    # the folder itself; no file in it may be opened before the model is published.
     test_opens = index(lambda p: any(os.path.realpath(x).startswith(test_dir) for x in p),
                        "open of the test split")
     first = events[test_opens[0]]
@@ -118,14 +120,26 @@ def test_a_test_split_that_is_the_eval_or_train_folder_is_refused(tmp_path, caps
     assert not out.exists()
 
 
-def test_splits_are_compared_as_uris_and_shard_lists():
+def test_splits_are_compared_by_their_shards_on_uris_too(tmp_path):
+    """A glob, a list of shards or a URI spelled with a trailing slash are the same data;
+    a missing --test folder fails at once, not after training."""
     from cnnrnn_tf.errors import InputError
     from cnnrnn_tf.training import check_splits_apart
+    from tests.conftest import synthetic_records
 
-    check_splits_apart("ram://b/train", "ram://b/val", "ram://b/test")
-    check_splits_apart("ram://b/train", "ram://b/val", None)
-    with pytest.raises(InputError, match="--eval"):
-        check_splits_apart("ram://b/train", "ram://b/val", "ram://b/val/")
-    with pytest.raises(InputError, match="--train"):
-        check_splits_apart(["ram://b/t/a.tfrecord.gz", "ram://b/t/b.tfrecord.gz"], "ram://b/v",
-                           ["ram://b/t/b.tfrecord.gz", "ram://b/t/a.tfrecord.gz"])
+    base = f"ram://splits-{tmp_path.name}"
+    for split in ("train", "val", "test"):
+        schema.write_records(f"{base}/{split}", synthetic_records(4, seed=1),
+                             records_per_shard=2)
+    train, val, test = (f"{base}/{s}" for s in ("train", "val", "test"))
+    check_splits_apart(train, val, test)
+    check_splits_apart(train, val, None)
+    with pytest.raises(InputError, match=r"also the validation split \(--eval\)"):
+        check_splits_apart(train, val, val + "/")
+    with pytest.raises(InputError, match=r"also the training split \(--train\)"):
+        check_splits_apart(train, val, f"{train}/*.tfrecord.gz")
+    with pytest.raises(InputError, match=r"1 of the test split's 2 shards \(--test\) are also "
+                                         r"in the validation split"):
+        check_splits_apart(train, val, [schema.list_shards(test)[0], schema.list_shards(val)[1]])
+    with pytest.raises(InputError, match="data folder does not exist"):
+        check_splits_apart(train, val, f"{base}/tset")
