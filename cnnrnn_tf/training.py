@@ -213,8 +213,10 @@ def train(
     writes ``out_dir``, the others a temporary folder they remove (``cnnrnn_tf.cluster``).
     ``config.batch_size`` is the global batch, split over all replicas.
     """
-    check_splits_apart(train_data, eval_data, test_data)
+    # The strategy first (MultiWorkerMirroredStrategy must come before other TensorFlow
+    # work), then the cheap checks of the arguments, before any data is read.
     strategy = strategy or choose_strategy()
+    check_splits_apart(train_data, eval_data, test_data)
     out_dir = prepare_out_dir(out_dir)
     device_type = strategy_device_type(strategy)
     # Every worker trains and saves (collective steps need all of them); only the chief
