@@ -130,11 +130,21 @@ def cmd_train(args) -> int:
 
     config = _train_config(args)
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    result = train(config, args.train, args.eval, args.out, verbose=verbose)
+    result = train(config, args.train, args.eval, args.out, test_data=args.test,
+                   verbose=verbose)
     if result.metrics:
-        print(format_table(result.metrics, title=f"{config.model} on {args.eval}"))
+        print(format_table(result.metrics, title=_scored_title(config.model, args, result.metrics)))
     print(f"model written to {args.out}")
     return 0
+
+
+def _scored_title(model: str, args, metrics) -> str:
+    """What the printed numbers are: the split they were scored on and the one selected on."""
+    count = metrics.get("num_images", "?")
+    if args.test:
+        return f"{model} scored on {args.test} ({count} images), selected on {args.eval}"
+    return (f"{model} scored on {args.eval} ({count} images), the split it was selected on "
+            f"(give --test for a split no step tuned on)")
 
 
 def cmd_evaluate(args) -> int:
@@ -319,7 +329,12 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("train", help="train a model; writes MODEL_DIR")
     p.add_argument("--train", required=True, help="training data folder")
-    p.add_argument("--eval", required=True, help="evaluation data folder")
+    p.add_argument("--eval", required=True,
+                   help="validation data folder: early stopping, checkpoint selection, "
+                        "thresholds")
+    p.add_argument("--test", default=None, metavar="FOLDER",
+                   help="test data folder: scored once, after selection (the numbers of "
+                        "metrics.json and the table); read only once the model is final")
     p.add_argument("--out", required=True, help="MODEL_DIR to write")
     p.add_argument("--model", choices=MODELS, default="cnn-rnn")
     p.add_argument("--backbone", choices=BACKBONES, default="small-cnn")
@@ -337,7 +352,7 @@ def build_parser() -> Parser:
     p.add_argument("--max-labels", type=positive_int, default=None)
     p.add_argument("--threshold", type=probability, default=None,
                    help="bce/asl: a fixed decision threshold (default: chosen on the --eval "
-                        "split after training, maximising --threshold-metric)")
+                        "(validation) split after training, maximising --threshold-metric)")
     p.add_argument("--threshold-metric", choices=("OF1", "CF1"), default="OF1")
     p.add_argument("--per-class-threshold", action="store_true",
                    help="bce/asl: one calibrated threshold per label")

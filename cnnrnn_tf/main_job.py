@@ -3,18 +3,24 @@
 1. Builds the Fashion-MNIST outfits data when it is missing.
 2. Runs the TFX pipeline on it (CNN-RNN): validation, Transform, Trainer,
    Evaluator, and the Pusher into TF Serving's layout.
-3. Trains the BCE baseline with the same encoder and budget (library API).
+3. Trains the BCE baseline with the same encoder and budget (library API): it trains
+   on ``train/``, is selected on ``val/`` (early stopping, checkpoint, thresholds) and
+   scored on ``test/``, which it reads only once the model is final.
 4. Scores the pushed SavedModel and the baseline on the test split and prints
    one table, the pushed path, and the command for the plots report.
 
+Data written by 0.4.0 has no ``val/``: the job then validates on the last shards of
+``train/``, which it leaves out of training, and says so in one line.
+
 Falls back to the library's own training for CNN-RNN when the TFX extra is not
-installed (e.g. in Colab), and says so.
+installed (e.g. in Colab), and says so; that training keeps the same three splits.
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
+import shutil
 import time
 
 from cnnrnn_tf.schema import SHARD_GLOB
@@ -58,15 +64,59 @@ def _run_pipeline(data_dir, work_dir, config):
     return pushed, model_dir
 
 
-def _train_or_reuse(config, train_dir, test_dir, out):
+VAL_FRACTION = 0.1  # of train/'s shards, when the data has no val/ (0.4.0's layout)
+
+
+def _splits(data_dir: str):
+    """(train, val, test, what val is): the data arguments of the three splits.
+
+    Without ``val/`` (data written by 0.4.0, which had only train/ and test/), val is
+    carved from train/ as whole shards: its last tenth, at least one shard, and train
+    keeps the others. The scenes are drawn independently of their position, so the last
+    shards are as random a sample as any.
+    """
+    from cnnrnn_tf import schema
+    from cnnrnn_tf.errors import InputError
+
+    train_dir, val_dir, test_dir = (os.path.join(data_dir, s) for s in ("train", "val", "test"))
+    if _has_shards(val_dir):
+        return train_dir, val_dir, test_dir, val_dir
+    shards = schema.list_shards(train_dir)
+    if len(shards) < 2:
+        raise InputError(f"{data_dir}: no val/ folder, and train/ is a single shard, so no "
+                         f"validation split can be carved from it; delete {data_dir} to "
+                         f"build the data again with val/")
+    count = max(1, round(len(shards) * VAL_FRACTION))
+    train_part, val_part = shards[:-count], shards[-count:]
+    print(f"{data_dir}: no val/ folder (data written by cnnrnn 0.4.0); validating on the "
+          f"last {count} of train/'s {len(shards)} shards, which training leaves out",
+          flush=True)
+    shown = "the last shard" if count == 1 else f"the last {count} shards"
+    return train_part, val_part, test_dir, f"{shown} of {train_dir}"
+
+
+def _train_or_reuse(config, train_data, val_data, test_dir, out):
+    """metrics.json of a model trained on train, selected on val and scored on test:
+    the one in ``out`` when it was trained on exactly these splits, else a new one."""
     from cnnrnn_tf.model_dir import METRICS_FILE, is_model_dir
-    from cnnrnn_tf.training import train
+    from cnnrnn_tf.training import split_names, train
 
     if is_model_dir(out):
-        print(f"{out}: already trained, reusing it (delete it to retrain)", flush=True)
-        with open(os.path.join(out, METRICS_FILE), encoding="utf-8") as f:
-            return json.load(f)
-    return train(config, train_dir, test_dir, out, verbose=2).metrics
+        try:
+            with open(os.path.join(out, METRICS_FILE), encoding="utf-8") as f:
+                metrics = json.load(f)
+        except (OSError, ValueError):  # interrupted before its evaluation was written
+            metrics = {}
+        if (metrics.get("split") == "test"
+                and metrics.get("data") == split_names(train_data, val_data, test_dir)):
+            print(f"{out}: already trained on these splits, reusing it (delete it to retrain)",
+                  flush=True)
+            return metrics
+        # e.g. 0.4.0's models, selected on the very test split they reported
+        print(f"{out}: trained on other splits (or selected on test/, as 0.4.0 did); "
+              f"training it again", flush=True)
+        shutil.rmtree(out)
+    return train(config, train_data, val_data, out, test_data=test_dir, verbose=2).metrics
 
 
 def _quiet_logs() -> None:
@@ -92,11 +142,12 @@ def run_main_job(work_dir: str, num_train=None, num_test=None, epochs=None, seed
 
     t_start = time.time()
     data_dir = os.path.join(work_dir, "data")
-    train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
-    if not (_has_shards(train_dir) and _has_shards(test_dir)):
+    if not (_has_shards(os.path.join(data_dir, "train"))
+            and _has_shards(os.path.join(data_dir, "test"))):
         print(f"Building the Fashion-MNIST outfits data under {data_dir}", flush=True)
         sizes = {k: v for k, v in (("num_train", num_train), ("num_test", num_test)) if v}
         build_fashion_outfits(data_dir, seed=seed, **sizes)
+    train_data, val_data, test_dir, val_name = _splits(data_dir)
     _quiet_logs()
     rows = {}
     pushed = None
@@ -110,13 +161,13 @@ def run_main_job(work_dir: str, num_train=None, num_test=None, epochs=None, seed
     else:
         print("The TFX extra is not installed: training CNN-RNN with the library instead "
               "(pip install 'cnnrnn-tf[pipeline]' for the pipeline).", flush=True)
-        rows["cnn-rnn"] = _train_or_reuse(cnn_rnn, train_dir, test_dir, cnn_rnn_dir)
+        rows["cnn-rnn"] = _train_or_reuse(cnn_rnn, train_data, val_data, test_dir, cnn_rnn_dir)
     print("Training the BCE baseline (same encoder and budget) ...", flush=True)
     bce_dir = os.path.join(work_dir, "models", "bce")
     rows["bce"] = _train_or_reuse(TrainConfig(model="bce", epochs=epochs, seed=seed),
-                                  train_dir, test_dir, bce_dir)
+                                  train_data, val_data, test_dir, bce_dir)
     print()
-    print(f"Test split: {test_dir}")
+    print(_table_title(rows, test_dir, val_name))
     print(format_comparison(rows))
     if pushed:
         print(f"\nCNN-RNN SavedModel pushed to: {pushed}")
@@ -125,3 +176,11 @@ def run_main_job(work_dir: str, num_train=None, num_test=None, epochs=None, seed
               f"--out {os.path.join(work_dir, 'report')}")
     print(f"Main job done in {time.time() - t_start:.0f} s.")
     return 0
+
+
+def _table_title(rows, test_dir: str, val_name: str) -> str:
+    """What the table's numbers are: the test split, its size, and where selection ran."""
+    sizes = sorted({int(r["num_images"]) for r in rows.values() if "num_images" in r})
+    images = " / ".join(str(n) for n in sizes) or "?"
+    return (f"Scored on the test split {test_dir} ({images} images), which no step before "
+            f"read; early stopping, checkpoints and thresholds selected on {val_name}")

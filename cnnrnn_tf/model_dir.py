@@ -4,7 +4,7 @@
     MODEL_DIR/vocabulary.json    the label vocabulary, most frequent first
     MODEL_DIR/config.json        the TrainConfig plus derived values (max_labels, num_train)
     MODEL_DIR/saved_model/       the SavedModel with the serving signatures
-    MODEL_DIR/metrics.json       evaluation on the --eval data after training
+    MODEL_DIR/metrics.json       evaluation after training: on the --test data (else --eval)
     MODEL_DIR/history.json       the per-epoch training history
     MODEL_DIR/logs/              TensorBoard logs
     MODEL_DIR/backup/            the resume checkpoint while training runs

@@ -6,6 +6,7 @@ import importlib.util
 import dataclasses
 import logging
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -20,7 +21,7 @@ from cnnrnn_tf.cluster import (TF_CONFIG, ClusterConfig, is_chief, is_multi_work
                                worker_dir)
 from cnnrnn_tf.config import TrainConfig, default_epochs, early_stopping_patience
 from cnnrnn_tf.dataset import (LabelStats, choose_cache, choose_max_labels, make_dataset,
-                               scan_labels)
+                               resolve_files, scan_labels)
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.io_utils import copy_tree, makedirs, remove_quietly
 from cnnrnn_tf.uri import absolute, ensure_filesystem, is_remote, join, storage_error
@@ -168,7 +169,10 @@ class TrainResult:
     config: TrainConfig
     info: Dict[str, Any]
     history: Dict[str, List[float]]
+    # metrics.json as written: the final split's metrics (the test split's when one was
+    # given, else the validation split's) with "split", "data" and "validation".
     metrics: Optional[Dict[str, Any]] = None
+    validation_metrics: Optional[Dict[str, Any]] = None  # the validation split's metrics
 
 
 def train(
@@ -177,6 +181,7 @@ def train(
     eval_data,
     out_dir: str,
     *,
+    test_data=None,
     vocab: Optional[LabelVocabulary] = None,
     strategy: Optional[tf.distribute.Strategy] = None,
     export: bool = True,
@@ -188,10 +193,16 @@ def train(
 ) -> TrainResult:
     """Trains the model ``config`` describes and writes MODEL_DIR ``out_dir``.
 
-    ``train_data`` / ``eval_data``: a data folder, a glob pattern or a list of shard
-    files. The vocabulary is built from the training labels unless given (the TFX
-    Trainer passes the one Transform computed). An interrupted run resumes from
-    ``out_dir/backup`` when started again with the same arguments.
+    ``train_data`` / ``eval_data`` / ``test_data``: a data folder, a glob pattern or a list
+    of shard files. ``eval_data`` is the validation split: it drives early stopping,
+    checkpoint selection, threshold calibration and the ``val_*`` history. ``test_data``
+    (optional) is only scored: it is first read after the model is final (best epoch
+    restored, thresholds calibrated, MODEL_DIR and SavedModel written), so no choice depends
+    on it (and only when ``evaluate_after``, on the chief); it may not be the training or
+    the validation data. metrics.json (and ``TrainResult.metrics``) then holds the test
+    split's metrics, else the validation split's; see :func:`final_metrics`. The vocabulary is built from the training labels
+    unless given (the TFX Trainer passes the one Transform computed). An interrupted run
+    resumes from ``out_dir/backup`` when started again with the same arguments.
     ``rank``: the label order as a rank per vocabulary index (lower first); default from
     ``config.label_order``. It is saved in config.json (``label_rank``), so fine-tuning keeps it.
     ``initial_model``: train this model (e.g. from ``cnnrnn_tf.finetune``) instead of
@@ -202,7 +213,10 @@ def train(
     writes ``out_dir``, the others a temporary folder they remove (``cnnrnn_tf.cluster``).
     ``config.batch_size`` is the global batch, split over all replicas.
     """
+    # The strategy first (MultiWorkerMirroredStrategy must come before other TensorFlow
+    # work), then the cheap checks of the arguments, before any data is read.
     strategy = strategy or choose_strategy()
+    check_splits_apart(train_data, eval_data, test_data)
     out_dir = prepare_out_dir(out_dir)
     device_type = strategy_device_type(strategy)
     # Every worker trains and saves (collective steps need all of them); only the chief
@@ -249,12 +263,84 @@ def train(
             export_saved_model(model, plan.vocab, config.image_size,
                                join(write_dir, SAVED_MODEL_DIR), beam_size=config.beam_size)
         if evaluate_after and chief:
-            from cnnrnn_tf.evaluation import evaluate_model
-
-            result.metrics = evaluate_model(model, plan.vocab, eval_data, config.image_size,
-                                            beam_size=config.beam_size, stats=plan.eval_stats)
+            # The model is final and written: only now is the test split read.
+            result.validation_metrics, result.metrics = final_metrics(
+                model, config, plan, train_data, eval_data, test_data)
             write_json(join(write_dir, METRICS_FILE), result.metrics)
     return result
+
+
+def check_splits_apart(train_data, eval_data, test_data=None) -> None:
+    """InputError when ``test_data`` shares a shard with ``eval_data`` or ``train_data``:
+    the same folder under another name (a trailing slash, ``..``, a symbolic link), a glob
+    or a list of shards over it; or when it names no shard. Only names and folder listings
+    are read, no shard: a wrong ``--test`` fails before training, yet nothing of the test
+    data can steer it."""
+    if test_data is None:
+        return
+    test = _shard_set(test_data)
+    for role, flag, data in (("validation", "--eval", eval_data),
+                             ("training", "--train", train_data)):
+        other = _shard_set(data)
+        shared = test & other
+        if shared == test == other:
+            raise InputError(f"{_shown(test_data)}: the test split (--test) is also the "
+                             f"{role} split ({flag}); give --test data that no step of "
+                             f"training reads")
+        if shared:
+            raise InputError(f"{_shown(test_data)}: {len(shared)} of the test split's "
+                             f"{len(test)} shards (--test) are also in the {role} split "
+                             f"({flag}), e.g. {sorted(shared)[0]}; give --test data that no "
+                             f"step of training reads")
+
+
+def _shard_set(data) -> frozenset:
+    """The shard files of a data argument, local ones with symbolic links resolved."""
+    return frozenset(path if is_remote(path) else os.path.realpath(path)
+                     for path in resolve_files(data))
+
+
+def _shown(data) -> str:
+    if isinstance(data, (list, tuple)):
+        return f"{len(data)} shard files" if len(data) != 1 else str(data[0])
+    return str(data)
+
+
+def split_names(train_data, eval_data, test_data=None) -> Dict[str, Any]:
+    """metrics.json's ``"data"``: each split as given (a folder, a glob pattern or a list
+    of shards), local paths made absolute; ``"test"`` None without a test split."""
+    def name(data):
+        if data is None:
+            return None
+        if isinstance(data, (list, tuple)):
+            return [absolute(str(d)) for d in data]
+        return absolute(str(data))
+
+    return {"train": name(train_data), "eval": name(eval_data), "test": name(test_data)}
+
+
+def final_metrics(model, config: TrainConfig, plan: TrainPlan, train_data, eval_data,
+                  test_data=None):
+    """(validation metrics, metrics.json's dict) of the final model.
+
+    The metrics.json dict holds the final split's metrics at the top level (the test
+    split's when ``test_data`` is given, else the validation split's), ``"split"``
+    (``"test"`` or ``"eval"``), ``"data"`` (the folders of every split, ``"test"`` None
+    without one) and ``"validation"`` (the validation split's metrics, in every case, so
+    a reader finds them at one place). Both splits are scored by the same
+    :func:`cnnrnn_tf.evaluation.evaluate_model` that ``cnnrnn evaluate`` runs.
+    """
+    from cnnrnn_tf.evaluation import evaluate_model
+
+    score = dict(image_size=config.image_size, beam_size=config.beam_size)
+    validation = evaluate_model(model, plan.vocab, eval_data, stats=plan.eval_stats, **score)
+    final = validation if test_data is None else evaluate_model(model, plan.vocab, test_data,
+                                                                **score)
+    metrics = dict(final)
+    metrics["split"] = "eval" if test_data is None else "test"
+    metrics["data"] = split_names(train_data, eval_data, test_data)
+    metrics["validation"] = validation
+    return validation, metrics
 
 
 # ------------------------------------------------------------------ the steps of train()

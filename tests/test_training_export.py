@@ -39,6 +39,11 @@ def test_model_dir_contents_and_metrics(trained):
     for key in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["num_images"] == 24
+    # Without a test split the numbers are the validation split's, and say so.
+    assert metrics["split"] == "eval" and metrics["data"]["test"] is None
+    assert metrics["data"]["eval"] == str(root / "test")
+    assert metrics["validation"]["OF1"] == metrics["OF1"] == result.validation_metrics["OF1"]
+    assert result.metrics == metrics
     info = json.load(open(os.path.join(out, "config.json")))
     assert info["train_config"]["image_size"] == 32 and info["max_labels"] == 4
     assert len(result.history["loss"]) == 2
