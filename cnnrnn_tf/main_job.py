@@ -9,7 +9,7 @@
 4. Scores the pushed SavedModel and the baseline on the test split and prints
    one table, the pushed path, and the command for the plots report.
 
-Data written by 0.4.0 has no ``val/``: the job then validates on the last shards of
+Data written by 0.4.0 has no ``val/``: the job then validates on a tenth carved out of
 ``train/``, which it leaves out of training, and says so in one line.
 
 Falls back to the library's own training for CNN-RNN when the TFX extra is not
@@ -64,35 +64,31 @@ def _run_pipeline(data_dir, work_dir, config):
     return pushed, model_dir
 
 
-VAL_FRACTION = 0.1  # of train/'s shards, when the data has no val/ (0.4.0's layout)
+VAL_FRACTION = 0.1  # of train/, when the data has no val/ (0.4.0's layout)
+CARVED_DIR = "carved"  # DATA/carved/{train,val}: train/ split by `cnnrnn data split`
 
 
 def _splits(data_dir: str):
     """(train, val, test, what val is): the data arguments of the three splits.
 
     Without ``val/`` (data written by 0.4.0, which had only train/ and test/), val is
-    carved from train/ as whole shards: its last tenth, at least one shard, and train
-    keeps the others. The scenes are drawn independently of their position, so the last
-    shards are as random a sample as any.
+    carved from train/ as ``cnnrnn data split --val-fraction 0.1`` does (a stable hash of
+    each record's id), once, into DATA/carved/{train,val}; training then reads
+    carved/train, which leaves the val records out.
     """
-    from cnnrnn_tf import schema
-    from cnnrnn_tf.errors import InputError
+    from cnnrnn_tf.data import split_train_val
 
     train_dir, val_dir, test_dir = (os.path.join(data_dir, s) for s in ("train", "val", "test"))
     if _has_shards(val_dir):
         return train_dir, val_dir, test_dir, val_dir
-    shards = schema.list_shards(train_dir)
-    if len(shards) < 2:
-        raise InputError(f"{data_dir}: no val/ folder, and train/ is a single shard, so no "
-                         f"validation split can be carved from it; delete {data_dir} to "
-                         f"build the data again with val/")
-    count = max(1, round(len(shards) * VAL_FRACTION))
-    train_part, val_part = shards[:-count], shards[-count:]
-    print(f"{data_dir}: no val/ folder (data written by cnnrnn 0.4.0); validating on the "
-          f"last {count} of train/'s {len(shards)} shards, which training leaves out",
-          flush=True)
-    shown = "the last shard" if count == 1 else f"the last {count} shards"
-    return train_part, val_part, test_dir, f"{shown} of {train_dir}"
+    carved = os.path.join(data_dir, CARVED_DIR)
+    carved_train, carved_val = os.path.join(carved, "train"), os.path.join(carved, "val")
+    if not (_has_shards(carved_train) and _has_shards(carved_val)):
+        split_train_val(train_dir, carved, VAL_FRACTION)
+    print(f"{data_dir}: no val/ folder (data written by cnnrnn 0.4.0); validating on "
+          f"{carved_val}, a tenth of train/ carved out by a hash of each record's id, which "
+          f"training leaves out", flush=True)
+    return carved_train, carved_val, test_dir, f"{carved_val} (carved from {train_dir})"
 
 
 def _train_or_reuse(config, train_data, val_data, test_dir, out):

@@ -4,7 +4,6 @@ import json
 import pytest
 
 from cnnrnn_tf import main_job, schema
-from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.training import split_names
 from tests.conftest import synthetic_records
 
@@ -18,24 +17,31 @@ def test_val_folder_is_used_as_it_is(tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_without_val_the_last_train_shards_validate_and_leave_training(tmp_path, capsys):
-    """0.4.0's layout (train/ + test/): not refused; val is carved from train/ and said so."""
-    schema.write_records(str(tmp_path / "train"), synthetic_records(12, seed=1),
-                         records_per_shard=4)
+def _raw_records(data):
+    import tensorflow as tf
+
+    return sorted(r.numpy() for r in tf.data.TFRecordDataset(schema.list_shards(data),
+                                                             compression_type="GZIP"))
+
+
+@pytest.mark.parametrize("per_shard", [4, 64])  # several shards, and a single one
+def test_without_val_a_tenth_of_train_is_carved_out_once(tmp_path, capsys, per_shard):
+    """0.4.0's layout (train/ + test/): not refused; val is carved from train/ by the
+    `cnnrnn data split` hash, said in one line, and reused by the next run."""
+    schema.write_records(str(tmp_path / "train"), synthetic_records(40, seed=1),
+                         records_per_shard=per_shard)
     schema.write_records(str(tmp_path / "test"), synthetic_records(4, seed=2))
-    shards = schema.list_shards(str(tmp_path / "train"))
     train, val, test, name = main_job._splits(str(tmp_path))
-    assert (train, val, test) == (shards[:-1], shards[-1:], str(tmp_path / "test"))
-    assert not set(train) & set(val) and name == f"the last shard of {tmp_path / 'train'}"
+    carved = tmp_path / main_job.CARVED_DIR
+    assert (train, val, test) == (str(carved / "train"), str(carved / "val"),
+                                  str(tmp_path / "test"))
+    assert str(tmp_path / "train") in name
+    train_records, val_records = _raw_records(train), _raw_records(val)
+    assert val_records and not set(train_records) & set(val_records)
+    assert sorted(train_records + val_records) == _raw_records(str(tmp_path / "train"))
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "no val/" in out[0] and "last 1 of train/'s 3 shards" in out[0]
-
-
-def test_a_single_train_shard_without_val_says_how_to_fix_it(tmp_path):
-    schema.write_records(str(tmp_path / "train"), synthetic_records(4, seed=1))
-    schema.write_records(str(tmp_path / "test"), synthetic_records(4, seed=2))
-    with pytest.raises(InputError, match="no val/ folder.*single shard"):
-        main_job._splits(str(tmp_path))
+    assert len(out) == 1 and "no val/" in out[0] and "carved" in out[0]
+    assert main_job._splits(str(tmp_path))[:3] == (train, val, test)  # the same carve, reused
 
 
 def test_a_model_selected_on_other_splits_is_trained_again(tmp_path, monkeypatch, capsys):
