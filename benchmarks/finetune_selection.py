@@ -33,26 +33,34 @@ def new_label_recall(model, vocab, data, label):
     return float(preds.y_pred[has, k].mean()), int(preds.y_pred[:, k].sum())
 
 
+def finish(img, frame, noise, rng):
+    """A float image with a yellow frame ``frame`` pixels wide (none for 0) and Gaussian
+    noise of std ``noise``, as uint8."""
+    if frame:
+        img[:frame, :, :] = img[-frame:, :, :] = (255, 255, 0)
+        img[:, :frame, :] = img[:, -frame:, :] = (255, 255, 0)
+    return np.clip(img + rng.normal(0.0, noise, img.shape), 0, 255).astype(np.uint8)
+
+
 def scenes(n, seed, *, frame=0, noise=0.0):
     """The shape scenes of the tests (``tests/conftest.py``: red / green / blue / bar) with
     Gaussian pixel noise of std ``noise``; with ``frame`` > 0 every other scene gets a yellow
     frame that many pixels wide and the new label "frame"."""
-    from cnnrnn_tf.schema import Record
-    from tests.conftest import png_bytes, synthetic_image
+    import io
+
+    from PIL import Image
+
+    from tests.conftest import png_bytes, synthetic_records
 
     rng = np.random.RandomState(seed)
     out = []
-    for i in range(n):
-        labels = [s for s in ("red", "green", "blue") if rng.rand() < 0.5] or ["red"]
-        if "blue" in labels and rng.rand() < 0.6:
-            labels.append("bar")
-        img = synthetic_image(labels, seed=seed * 100003 + i).astype(np.float32)
+    for i, record in enumerate(synthetic_records(n, seed=seed)):
+        img = np.asarray(Image.open(io.BytesIO(record.image)).convert("RGB"), np.float32)
+        labels = list(record.labels)
         if frame and i % 2 == 0:
-            w = frame
-            img[:w, :, :] = img[-w:, :, :] = img[:, :w, :] = img[:, -w:, :] = (255, 255, 0)
-            labels = labels + ["frame"]
-        img = np.clip(img + rng.normal(0.0, noise, img.shape), 0, 255).astype(np.uint8)
-        out.append(Record(png_bytes(img), labels, f"s{seed}-{i}"))
+            labels.append("frame")
+        img = finish(img, frame if i % 2 == 0 else 0, noise, rng)
+        out.append(record._replace(image=png_bytes(img), labels=labels))
     return out
 
 
@@ -77,10 +85,8 @@ def grid_scenes(n, seed, *, frame=0, noise=0.0):
             r, c = divmod(GRID_LABELS.index(name), 3)
             img[2 + 10 * r:10 + 10 * r, 2 + 10 * c:10 + 10 * c, :] += 70
         if frame and i % 2 == 0:
-            img[:frame, :, :] = img[-frame:, :, :] = (255, 255, 0)
-            img[:, :frame, :] = img[:, -frame:, :] = (255, 255, 0)
             labels = labels + ["frame"]
-        img = np.clip(img + rng.normal(0.0, noise, img.shape), 0, 255).astype(np.uint8)
+        img = finish(img, frame if i % 2 == 0 else 0, noise, rng)
         out.append(Record(png_bytes(img), labels, f"g{seed}-{i}"))
     return out
 
