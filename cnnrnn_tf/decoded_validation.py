@@ -81,3 +81,41 @@ class DecodedValidation(keras.callbacks.Callback):
         per_replica = strategy.experimental_distribute_values_from_function(lambda ctx: local)
         mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None).numpy()
         return {k: float(v) for k, v in zip(keys, mean)}
+
+
+class TieBreakingEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose ties on the monitor go to the epoch with the lower ``tie_breaker``
+    (the validation loss).
+
+    Decoded set metrics on a validation split of n images take few distinct values and
+    saturate: every epoch of a fine-tune can score ``val_f1`` 1.0, and Keras's strict ``>``
+    then keeps the earliest, least trained of the tied epochs (benchmarks/finetune_selection.py).
+    Here an epoch that equals the best monitor value with a lower ``tie_breaker`` is an
+    improvement: it becomes the checkpoint (``restore_best_weights``) and restarts the
+    patience. Epochs without the ``tie_breaker`` in their logs never win a tie.
+    """
+
+    def __init__(self, monitor: str = "val_f1", *, tie_breaker: str = "val_loss", **kwargs):
+        if kwargs.get("baseline") is not None:
+            raise ValueError("TieBreakingEarlyStopping takes no baseline")
+        super().__init__(monitor=monitor, **kwargs)
+        self.tie_breaker = tie_breaker
+        self._tie = self._best_tie = float("inf")
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.best = None  # Keras keeps it from an earlier fit
+        self._tie = self._best_tie = float("inf")
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.tie_breaker)
+        self._tie = float("inf") if value is None else float(value)
+        super().on_epoch_end(epoch, logs)
+
+    def _is_improvement(self, monitor_value, reference_value):
+        better = bool(super()._is_improvement(monitor_value, reference_value))
+        if not better and reference_value is not None:
+            better = float(monitor_value) == float(reference_value) and self._tie < self._best_tie
+        if better:
+            self._best_tie = self._tie
+        return better

@@ -192,12 +192,14 @@ def appended_rank(old_rank: Sequence[int], num_new: int) -> List[int]:
 
 def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional[int] = None,
              *, reorder: bool = False, keep_label_ids: Optional[bool] = None, verbose: int = 1,
-             **config_changes):
+             strategy=None, extra_callbacks=None, **config_changes):
     """Loads MODEL_DIR, adds the new labels of ``train_dir``, trains, writes MODEL_DIR ``out_dir``.
 
     The training configuration is the one the model was trained with, with
     ``epochs`` and any ``config_changes`` (``learning_rate=``, ``batch_size=``,
-    ...) applied; ``image_size``, ``model`` and the architecture stay as trained.
+    ...) applied; ``image_size``, ``model`` and the architecture stay as trained. The
+    checkpoint is selected as ``train()`` selects it (the configured ``monitor``, by default
+    the decoded validation F1; ties go to the lower validation loss).
 
     The label order: by default the model keeps the order it learned (its ``label_rank``
     from config.json): old labels keep their ids and their relative order, new labels are
@@ -209,29 +211,33 @@ def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional
     ``out_dir`` gets the usual MODEL_DIR (model, vocabulary, SavedModel, metrics
     on ``eval_dir``); its ``config.json`` records ``finetuned_from`` and ``new_labels``.
 
+    ``strategy``: as for ``train()`` (default :func:`cnnrnn_tf.training.choose_strategy`,
+    which reads ``TF_CONFIG``). It is chosen before anything else runs TensorFlow (a
+    MultiWorkerMirroredStrategy must come first), and the model is loaded and grown inside
+    its scope, so that its variables belong to it. ``extra_callbacks``: passed to ``train()``.
+
     Returns the :class:`cnnrnn_tf.training.TrainResult`.
     """
+    from cnnrnn_tf.cluster import is_chief
     from cnnrnn_tf.dataset import choose_max_labels, scan_labels
     from cnnrnn_tf.errors import InputError
     from cnnrnn_tf.model_dir import CONFIG_FILE, is_model_dir, load_model_dir, write_json
     from cnnrnn_tf.uri import join
-    from cnnrnn_tf.training import train
+    from cnnrnn_tf.training import choose_strategy, train
 
     fixed = {"model", "backbone", "image_size", "embed_dim", "lstm_units"} & set(config_changes)
     if fixed:
         raise InputError(f"fine-tuning keeps the trained architecture; cannot change "
                          f"{', '.join(sorted(fixed))}")
+    strategy = strategy or choose_strategy()  # before TensorFlow runs anything else
     if is_model_dir(out_dir):
         raise InputError(f"{out_dir}: already holds a trained model; choose another --out")
-    loaded = load_model_dir(model_dir)
+    with strategy.scope():
+        loaded = load_model_dir(model_dir)
     stats = scan_labels(train_dir, use_counts_file=False)  # needs the per-record label lists
     added = new_labels_in(loaded.vocab, stats.label_lists)
     max_labels = max(int(loaded.model.max_labels),
                      choose_max_labels(stats, config_changes.pop("max_labels", None)))
-    # Checkpoint selection on the teacher-forced loss, as in 0.3.0: with selection on the
-    # decoded validation F1 (the training default since 0.4.0) the fine-tune notebook's new
-    # label was not predicted at all in one run (0 of 16). Not yet explained; see BUILD.md.
-    config_changes.setdefault("monitor", "val_loss")
     config = loaded.config.replace(epochs=epochs, max_labels=max_labels, **config_changes)
     if keep_label_ids is not None:  # 0.2.0's name: keep ids == keep the learned order
         reorder = not keep_label_ids
@@ -242,13 +248,16 @@ def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional
         vocab = LabelVocabulary(grown.labels, tuple(vocab.counts[vocab.index[n]]
                                                     for n in grown.labels))
         rank = appended_rank(learned_rank(loaded), len(added))
-    model = remap_vocabulary(loaded.model, loaded.vocab, vocab, max_labels=max_labels,
-                             image_size=loaded.image_size, seed=config.seed)
+    with strategy.scope():  # the grown model's variables belong to the strategy
+        model = remap_vocabulary(loaded.model, loaded.vocab, vocab, max_labels=max_labels,
+                                 image_size=loaded.image_size, seed=config.seed)
     if verbose:
         print(f"Fine-tuning {model_dir}: {len(added)} new label(s)"
               f"{': ' + ', '.join(added) if added else ''}.", flush=True)
     result = train(config, train_dir, eval_dir, out_dir, vocab=vocab, initial_model=model,
-                   verbose=verbose, rank=rank)
+                   verbose=verbose, rank=rank, strategy=strategy,
+                   extra_callbacks=extra_callbacks)
     result.info.update(finetuned_from=str(model_dir), new_labels=added)
-    write_json(join(out_dir, CONFIG_FILE), {"train_config": config.to_dict(), **result.info})
+    if is_chief(strategy):  # on a cluster only the chief writes out_dir (as in train())
+        write_json(join(out_dir, CONFIG_FILE), {"train_config": config.to_dict(), **result.info})
     return result

@@ -568,8 +568,10 @@ def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
         log.warning("tensorboard is not installed: no TensorBoard logs in %s", out_dir)
     patience = early_stopping_patience(config, plan.epochs)
     if patience is not None:
+        from cnnrnn_tf.decoded_validation import TieBreakingEarlyStopping
+
         monitor = config.monitor if decoded_ds is not None else "val_loss"
-        callbacks.append(keras.callbacks.EarlyStopping(
+        callbacks.append(TieBreakingEarlyStopping(  # ties on a decoded metric: lower val_loss
             monitor=monitor, mode="min" if monitor == "val_loss" else "max",
             patience=patience, restore_best_weights=True, verbose=min(verbose, 1)))
     return callbacks

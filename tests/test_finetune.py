@@ -2,6 +2,9 @@
 fine-tuned tiny model learns to predict a label it has never seen before."""
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -149,6 +152,49 @@ def test_new_labels_in_orders_by_frequency():
     assert new_labels_in(OLD, [["red"], ["bar"]]) == []
 
 
+def _select(f1s, losses, patience=10, monitor="val_f1"):
+    """Runs TieBreakingEarlyStopping over hand-made epoch logs; the epoch of the weights it
+    restores (each epoch's weights hold its index) and the number of epochs run."""
+    import keras
+
+    from cnnrnn_tf.decoded_validation import TieBreakingEarlyStopping
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    callback = TieBreakingEarlyStopping(monitor=monitor, mode="min" if monitor == "val_loss"
+                                        else "max", patience=patience, restore_best_weights=True)
+    callback.set_model(model)
+    model.stop_training = False
+    callback.on_train_begin()
+    run = 0
+    for epoch, (f1, loss) in enumerate(zip(f1s, losses)):
+        model.layers[0].kernel.assign([[float(epoch)]])
+        callback.on_epoch_end(epoch, {"val_f1": f1, "val_loss": loss})
+        run += 1
+        if model.stop_training:
+            break
+    callback.on_train_end()
+    restored = int(np.asarray(model.layers[0].kernel.value)[0, 0])
+    assert restored == callback.best_epoch
+    return restored, run
+
+
+def test_selection_breaks_ties_on_the_validation_loss():
+    # A strictly better monitor wins whatever the loss.
+    assert _select([0.5, 0.9, 0.7], [0.2, 0.9, 0.1]) == (1, 3)
+    # A tie goes to the lower validation loss: a fine-tune whose decoded F1 saturates at 1.0
+    # from its first epoch (benchmarks/finetune_selection.py, seed 2) keeps its last, best
+    # fitted epoch, not its first (Keras's strict ">" kept epoch 0).
+    assert _select([1.0] * 5, [0.17, 0.07, 0.04, 0.035, 0.026]) == (4, 5)
+    assert _select([0.5, 0.8, 0.8, 0.7], [1.0, 0.6, 0.4, 0.3]) == (2, 4)
+    # A tie with a higher loss keeps the earlier epoch.
+    assert _select([0.8, 0.8, 0.8], [0.5, 0.6, 0.5]) == (0, 3)
+    # A won tie restarts the patience; a lost one does not.
+    assert _select([0.8, 0.8, 0.8, 0.8], [0.5, 0.4, 0.3, 0.2], patience=1) == (3, 4)
+    assert _select([0.8, 0.8, 0.8, 0.8], [0.5, 0.6, 0.7, 0.8], patience=1) == (0, 2)
+    # On the loss itself, ties keep the earliest epoch, as before.
+    assert _select([0.0] * 3, [0.5, 0.4, 0.4], monitor="val_loss") == (1, 3)
+
+
 # --------------------------------------------------------------------------
 # end to end: a tiny model learns a new, visually obvious label
 # --------------------------------------------------------------------------
@@ -170,34 +216,44 @@ def framed_records(n, seed):
     return out
 
 
-@pytest.mark.slow
-def test_finetuned_model_predicts_the_new_label(tmp_path):
+@pytest.fixture(scope="module")
+def framed_data(tmp_path_factory):
+    """A base MODEL_DIR (1 epoch on the shape scenes) and the framed scenes to fine-tune on."""
     from cnnrnn_tf import schema
-    from cnnrnn_tf.evaluation import predict_dataset
     from cnnrnn_tf.training import train
     from tests.conftest import synthetic_records
 
-    schema.write_records(str(tmp_path / "train"), synthetic_records(64, seed=1))
-    schema.write_records(str(tmp_path / "test"), synthetic_records(16, seed=2))
-    base = train(TrainConfig(epochs=1, **TINY), str(tmp_path / "train"), str(tmp_path / "test"),
-                 str(tmp_path / "base"), verbose=0, export=False, evaluate_after=False)
+    root = tmp_path_factory.mktemp("finetune")
+    schema.write_records(str(root / "train"), synthetic_records(64, seed=1))
+    schema.write_records(str(root / "test"), synthetic_records(16, seed=2))
+    base = train(TrainConfig(epochs=1, **TINY), str(root / "train"), str(root / "test"),
+                 str(root / "base"), verbose=0, export=False, evaluate_after=False)
     assert "frame" not in base.vocab.labels
+    schema.write_records(str(root / "new_train"), framed_records(128, seed=3))
+    schema.write_records(str(root / "new_test"), framed_records(32, seed=4))
+    return root, base
 
-    schema.write_records(str(tmp_path / "new_train"), framed_records(128, seed=3))
-    schema.write_records(str(tmp_path / "new_test"), framed_records(32, seed=4))
-    result = finetune(str(tmp_path / "base"), str(tmp_path / "new_train"),
-                      str(tmp_path / "new_test"), str(tmp_path / "tuned"), epochs=4,
-                      verbose=0, learning_rate=3e-3)
+
+@pytest.mark.slow
+def test_finetuned_model_predicts_the_new_label(framed_data, tmp_path):
+    from cnnrnn_tf.evaluation import predict_dataset
+
+    root, base = framed_data
+    result = finetune(str(root / "base"), str(root / "new_train"), str(root / "new_test"),
+                      str(tmp_path / "tuned"), epochs=4, verbose=0, learning_rate=3e-3)
+    # The same selection as train(): the decoded validation F1.
+    assert result.config.monitor == TrainConfig().monitor == "val_f1"
+    assert "val_CF1" in result.history
     vocab = result.vocab
     # The learned order is kept: old labels keep their ids and ranks, "frame" is appended.
     assert vocab.labels == base.vocab.labels + ("frame",)
     info = json.load(open(tmp_path / "tuned" / "config.json"))
-    base_info = json.load(open(tmp_path / "base" / "config.json"))
+    base_info = json.load(open(root / "base" / "config.json"))
     assert info["label_rank"] == base_info["label_rank"] + [len(base.vocab)]
     assert info["new_labels"] == ["frame"] and info["finetuned_from"].endswith("base")
     assert os.path.isfile(tmp_path / "tuned" / "saved_model" / "saved_model.pb")
 
-    preds = predict_dataset(result.model, vocab, str(tmp_path / "new_test"), 32)
+    preds = predict_dataset(result.model, vocab, str(root / "new_test"), 32)
     k = vocab.index["frame"]
     framed = preds.y_true[:, k] == 1
     recall = preds.y_pred[framed, k].mean()
@@ -208,11 +264,52 @@ def test_finetuned_model_predicts_the_new_label(tmp_path):
     assert result.metrics["per_class"][k]["AP"] >= 0.8
 
     with pytest.raises(InputError, match="already holds"):
-        finetune(str(tmp_path / "base"), str(tmp_path / "new_train"), str(tmp_path / "new_test"),
+        finetune(str(root / "base"), str(root / "new_train"), str(root / "new_test"),
                  str(tmp_path / "tuned"), epochs=1, verbose=0)
     with pytest.raises(InputError, match="architecture"):
-        finetune(str(tmp_path / "base"), str(tmp_path / "new_train"), str(tmp_path / "new_test"),
+        finetune(str(root / "base"), str(root / "new_train"), str(root / "new_test"),
                  str(tmp_path / "other"), epochs=1, verbose=0, image_size=64)
+
+
+# Two logical CPU devices must be configured before TensorFlow initialises: a subprocess.
+MIRRORED_FINETUNE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from cnnrnn_tf.finetune import finetune
+    base, new_train, new_test, out = sys.argv[1:5]
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    result = finetune(base, new_train, new_test, out, epochs=1, verbose=0, strategy=strategy)
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync,
+                      "history": sorted(result.history)}))
+""")
+
+
+@pytest.mark.slow
+def test_finetune_under_a_two_replica_strategy(framed_data, tmp_path):
+    """0.4.0 grew the model outside the strategy scope: fit() failed with "colocate_vars_with
+    must only be passed a variable created in this tf.distribute.Strategy.scope()"."""
+    from cnnrnn_tf.evaluation import predict_dataset
+    from cnnrnn_tf.model_dir import load_model_dir
+
+    root, base = framed_data
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED_FINETUNE_SCRIPT, str(root / "base"),
+         str(root / "new_train"), str(root / "new_test"), str(tmp_path / "tuned")],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert "val_f1" in report["history"]  # the decoded validation ran under the strategy
+    tuned = load_model_dir(str(tmp_path / "tuned"))
+    assert tuned.vocab.labels == base.vocab.labels + ("frame",)
+    assert os.path.isfile(tmp_path / "tuned" / "saved_model" / "saved_model.pb")
+    preds = predict_dataset(tuned.model, tuned.vocab, str(root / "new_test"), 32)
+    assert preds.y_pred.shape == (32, len(tuned.vocab))
+    assert preds.y_pred.sum() > 0  # it predicts label sets, not nothing
 
 
 def test_random_order_survives_fine_tuning():
