@@ -14,9 +14,10 @@ pipeline whose ``data_root`` is overridden at submission works with any of:
 
 A stock ImportExampleGen cannot do the second: it either reads input splits as
 they are or hash-splits one input. :class:`Executor` is a custom executor for
-TFX's ``ImportExampleGen`` (``custom_executor_spec``), so the component keeps its
-node id, its driver (which fingerprints every shard of all three layouts for the
-cache: :data:`INPUT_CONFIG`) and its place in the Kubeflow V2 compiler.
+TFX's ``FileBasedExampleGen`` (``custom_executor_spec``; ImportExampleGen's base
+class), so the step keeps ImportExampleGen's node id, its driver (which
+fingerprints every shard of all three layouts for the cache: :data:`INPUT_CONFIG`)
+and its place in the Kubeflow V2 compiler.
 
 Records are copied byte for byte (never re-serialised). The side of a record is
 :func:`cnnrnn_tf.split_hash.assign_split`: a hash of its ``image/id`` (else of
@@ -30,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
 import apache_beam as beam
@@ -177,7 +177,7 @@ def split_records(pipeline: beam.Pipeline, layout: Layout,
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
-    """ImportExampleGen's executor with run-time layout detection (see the module doc).
+    """An ExampleGen executor with run-time layout detection (see the module doc).
 
     Reads ``input_base``; ignores ``input_config`` / ``output_config`` (the driver uses
     :data:`INPUT_CONFIG` only to fingerprint the shards). Writes ``Split-train``,
@@ -190,10 +190,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         self._log_startup(input_dict, output_dict, exec_properties)
         data = exec_properties[standard_component_specs.INPUT_BASE_KEY]
         layout = detect_layout(data)
-        line = "ExampleGen: " + layout.describe(data)
-        log.info(line)
-        if layout.name != "train-val-test":  # the user's folder is not taken as it is
-            print(f"note: {line}", file=sys.stderr, flush=True)
+        # One line in the step's log; a warning when eval is carved out of train.
+        (log.warning if layout.name == "train-test" else log.info)(
+            "ExampleGen: %s", layout.describe(data))
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])
         examples.split_names = artifact_utils.encode_split_names(list(SPLIT_NAMES))
@@ -213,7 +212,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  | "WriteCounts" >> beam.io.WriteToText(counts_prefix, shard_name_template=""))
         with fileio.open(counts_prefix, "r") as f:
             split_counts = dict(json.loads(line) for line in f if line.strip())
-        fileio.rmtree(uri.join(examples.uri, COUNTS_DIR))
+        try:  # the counts travel on as a custom property; the file is scratch
+            fileio.rmtree(uri.join(examples.uri, COUNTS_DIR))
+        except Exception as exc:  # noqa: BLE001 - a leftover scratch file harms nothing
+            log.warning("ExampleGen: could not remove %s (%s)", COUNTS_DIR, exc)
         examples_utils.set_payload_format(examples, exec_properties.get(
             standard_component_specs.OUTPUT_DATA_FORMAT_KEY) or example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(
@@ -235,7 +237,11 @@ EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 def three_split_example_gen(data_root):
     """TFX's ImportExampleGen over ``data_root`` (a path, URI or RuntimeParameter) with
     :class:`Executor`: the splits ``train``, ``eval``, ``test`` whatever the layout."""
-    from tfx import v1 as tfx
+    from tfx.components.example_gen.component import FileBasedExampleGen
 
-    return tfx.components.ImportExampleGen(
-        input_base=data_root, input_config=INPUT_CONFIG, custom_executor_spec=EXECUTOR_SPEC)
+    # FileBasedExampleGen is ImportExampleGen's base (same spec and driver) and takes a
+    # custom executor; the node keeps ImportExampleGen's id, so runs, caches and
+    # compiled pipelines of <= 0.4.0 name the same step.
+    return FileBasedExampleGen(
+        input_base=data_root, input_config=INPUT_CONFIG, custom_executor_spec=EXECUTOR_SPEC,
+    ).with_id("ImportExampleGen")

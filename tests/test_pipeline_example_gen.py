@@ -72,7 +72,7 @@ def test_train_val_test_folders_are_read_as_they_are(tmp_path):
     assert counts == {"train": 20, "eval": 6, "test": 5}
 
 
-def test_train_and_test_folders_get_eval_carved_out_of_train(tmp_path, capfd):
+def test_train_and_test_folders_get_eval_carved_out_of_train(tmp_path, caplog):
     data = tmp_path / "data"
     _write(data / "train", 60, seed=1, per_shard=25)
     _write(data / "test", 7, seed=3)
@@ -86,8 +86,8 @@ def test_train_and_test_folders_get_eval_carved_out_of_train(tmp_path, capfd):
     expected = {r for r in train if assign_split(r, [("train", 9), ("eval", 1)]) == "eval"}
     assert set(splits["eval"]) == expected
     # ... and the run says so, in one line.
-    notes = [line for line in capfd.readouterr().err.splitlines() if "carved out of train" in line]
-    assert len(notes) == 1 and "no val/" in notes[0]
+    notes = [r.getMessage() for r in caplog.records if "carved out of train" in r.getMessage()]
+    assert len(notes) == 1 and "no val/" in notes[0] and "\n" not in notes[0]
 
 
 def test_one_folder_is_hash_split_8_1_1_by_the_stable_hash(tmp_path):
