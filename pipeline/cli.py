@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any, Dict, Optional
 
-from cnnrnn_tf import schema, uri
+from cnnrnn_tf import uri
 from cnnrnn_tf.config import TrainConfig
 from cnnrnn_tf.errors import InputError
 
