@@ -278,6 +278,12 @@ def test_pipeline_end_to_end_on_s3(tmp_path, s3):
                         "--metadata-path", str(meta)], s3, cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "blessed: yes" in proc.stdout
+    # train/ + test/ on s3://: eval is carved out of train when the step runs, test is
+    # test/ (8 examples) and is scored apart from the blessing.
+    assert "carved out of train" in proc.stderr
+    counts = [line for line in proc.stdout.splitlines() if line.startswith("splits: ")]
+    assert len(counts) == 1 and counts[0].endswith(", test 8"), proc.stdout
+    assert "TestEvaluator (test split" in proc.stdout
     assert _local_files(cwd) == []
     assert meta.exists()
     pushed = [k for k in s3.keys(s3.bucket, "serving/shapes/") if k.endswith("saved_model.pb")]
