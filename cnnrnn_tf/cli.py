@@ -461,6 +461,12 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_benchmark)
 
+    # The pipeline's ExampleGen always makes train / eval / test (cnnrnn_pipeline.example_gen).
+    data_help = (
+        "folder of shards ({where}): train/ val/ test/ inside (val/ is the eval split), or "
+        "train/ test/ (eval is then carved out of train, 1 in 10 by a hash of image/id, "
+        "and the run says so), or one folder hash-split 8:1:1 into train/eval/test; the "
+        "layout is detected when the pipeline runs")
     pipe = sub.add_parser("pipeline", help="the TFX pipeline (needs the [pipeline] extra)")
     psub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", parser_class=Parser)
     psub.required = True
@@ -468,8 +474,7 @@ def build_parser() -> Parser:
     unit_interval = _float_where(lambda v: 0.0 <= v <= 1.0, "between 0 and 1 (inclusive)")
     p = psub.add_parser("run", help="run the pipeline locally (LocalDagRunner, Beam)")
     p.add_argument("--data", required=True,
-                   help="folder of shards (local, s3:// or gs://): with train/ and test/ "
-                        "inside, or one folder to hash-split")
+                   help=data_help.format(where="local, s3:// or gs://"))
     p.add_argument("--pipeline-root", required=True, help="artifacts (local, s3:// or gs://)")
     p.add_argument("--serving-dir", required=True, help="pushes to SERVING_DIR/MODEL_NAME/VERSION")
     p.add_argument("--model-name", default="cnnrnn")
@@ -503,7 +508,8 @@ def build_parser() -> Parser:
     p.add_argument("--image", required=True, help="container image with this package installed")
     p.add_argument("--output", required=True, help="the pipeline definition JSON to write")
     p.add_argument("--pipeline-root", required=True, help="gs:// or s3:// URI")
-    p.add_argument("--data", required=True, help="gs:// or s3:// data folder (runtime parameter)")
+    p.add_argument("--data", required=True,
+                   help=data_help.format(where="gs:// or s3://; the data_root runtime parameter"))
     p.add_argument("--serving-dir", required=True,
                    help="gs:// or s3:// serving base (in the push_destination runtime parameter)")
     p.add_argument("--model-name", default="cnnrnn")

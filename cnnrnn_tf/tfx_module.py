@@ -29,7 +29,7 @@ TRAIN_CONFIG_KEY = "train_config"
 VERSION_KEY = "library_version"
 DEVICES_KEY = "devices"  # optional: device names for MirroredStrategy (default: all GPUs)
 # Where run_fn writes the full MODEL_DIR (model.keras, vocabulary.json, config.json ...;
-# no metrics.json: the pipeline's Evaluator scores the eval split).
+# no metrics.json: the pipeline's Evaluators score the eval and test splits).
 MODEL_DIR_NAME = "model_dir"
 
 
@@ -67,7 +67,9 @@ def run_fn(fn_args) -> None:
 
     Reads from ``fn_args``: ``custom_config`` (``train_config``: a TrainConfig dict,
     ``library_version``), ``transform_output`` (the label vocabulary),
-    ``train_files`` / ``eval_files`` (glob patterns of GZIP TFRecords),
+    ``train_files`` / ``eval_files`` (glob patterns of GZIP TFRecords: the pipeline's
+    ``train`` split fits, its ``eval`` split validates and selects; the ``test`` split
+    never reaches run_fn, the pipeline's TestEvaluator scores it after training),
     ``train_steps`` / ``eval_steps`` (optional). ``train_steps`` is the total step
     count, spread over the config's ``epochs`` (1 when unset); ``eval_steps``
     caps the validation steps per epoch. Without them the config decides.

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any, Dict, Optional
 
-from cnnrnn_tf import schema, uri
+from cnnrnn_tf import uri
 from cnnrnn_tf.config import TrainConfig
 from cnnrnn_tf.errors import InputError
 
@@ -18,40 +18,19 @@ DEFAULT_MIN_OF1 = 0.1
 TRAIN_FLAGS = ("model", "backbone", "image_size", "epochs", "label_order", "batch_size", "seed")
 
 
-def detect_split(data: str) -> str:
-    """"presplit" (train/ and test/ folders of shards) or "hash" (one folder of shards).
+def detect_layout(data: str):
+    """The layout of ``--data`` (:class:`cnnrnn_pipeline.example_gen.Layout`), or InputError.
 
-    ``data`` may be a URI; it is read through ``tf.io.gfile``.
+    Any of ``train/ val/ test/``, ``train/ test/`` (eval is then carved out of train,
+    and this says so in one line on stderr) or one folder of shards; ``data`` may be
+    a URI. The pipeline's ExampleGen detects the layout again when it runs.
     """
-    import tensorflow as tf
+    from cnnrnn_pipeline.example_gen import detect_layout as detect
 
-    if not data:
-        raise InputError("--data: no folder given")
-    try:
-        exists = tf.io.gfile.exists(data)
-        is_dir = exists and tf.io.gfile.isdir(data)
-        train, test = uri.join(data, "train"), uri.join(data, "test")
-        has_train, has_test = tf.io.gfile.isdir(train), tf.io.gfile.isdir(test)
-    except tf.errors.OpError as exc:
-        raise uri.storage_error(data, exc, "--data cannot be read") from None
-    if not exists:
-        raise InputError(f"--data {data}: folder does not exist")
-    if not is_dir:
-        raise InputError(f"--data {data}: not a folder")
-    if has_train or has_test:
-        for sub, ok, other in ((train, has_train, test), (test, has_test, train)):
-            if not ok:
-                raise InputError(f"--data {data}: has {uri.basename(other)}/"
-                                 f" but no {uri.basename(sub)}/ folder")
-            schema.list_shards(sub)  # raises InputError naming the folder
-        return "presplit"
-    try:
-        schema.list_shards(data)
-    except InputError:
-        raise InputError(
-            f"--data {data}: neither train/ and test/ folders nor {schema.SHARD_GLOB} "
-            "shards in this folder") from None
-    return "hash"
+    layout = detect(data)
+    if layout.name == "train-test":
+        print(f"note: {layout.describe(data)}", file=sys.stderr, flush=True)
+    return layout
 
 
 def check_paths(**flags: Optional[str]) -> Dict[str, str]:
@@ -139,20 +118,31 @@ def _anomaly_message(exc: BaseException) -> Optional[str]:
     return None
 
 
-def format_summary(summary) -> str:
+def _metrics_table(metrics, title: str):
     names = ("mAP", "CF1", "OF1", "CP", "CR", "OP", "OR")
+    shown = [n for n in names if n in metrics]
+    count = (f", {int(metrics['example_count'])} examples" if "example_count" in metrics
+             else "")
+    return [f"{title}{count}):", "  ".join(f"{n:>6}" for n in shown),
+            "  ".join(f"{100 * metrics[n]:6.1f}" for n in shown)]
+
+
+def format_summary(summary) -> str:
     lines = []
+    counts = getattr(summary, "split_counts", None) or {}
+    if counts:
+        lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if summary.metrics:
-        shown = [n for n in names if n in summary.metrics]
-        lines.append("Evaluator (eval split"
-                     + (f", {int(summary.metrics['example_count'])} examples"
-                        if "example_count" in summary.metrics else "") + "):")
-        lines.append("  ".join(f"{n:>6}" for n in shown))
-        lines.append("  ".join(f"{100 * summary.metrics[n]:6.1f}" for n in shown))
-        diffs = [n for n in shown if n + "_diff" in summary.metrics]
+        lines += _metrics_table(summary.metrics, "Evaluator (eval split: blessing")
+        diffs = [n for n in ("mAP", "CF1", "OF1", "CP", "CR", "OP", "OR")
+                 if n in summary.metrics and n + "_diff" in summary.metrics]
         if diffs:
             lines.append("change vs the latest blessed model: " + ", ".join(
                 f"{n} {100 * summary.metrics[n + '_diff']:+.1f}" for n in diffs))
+    test = getattr(summary, "test_metrics", None) or {}
+    if test:
+        lines += _metrics_table(test, "TestEvaluator (test split: scored once, nothing "
+                                      "selected on it")
     lines.append(f"blessed: {'yes' if summary.blessed else 'no'}")
     lines.append(f"pushed: {summary.pushed_path or 'nothing (the model was not blessed)'}")
     cached = sorted(k for k, v in summary.states.items() if v == "CACHED")
@@ -177,7 +167,7 @@ def run_command(args) -> int:
     config = train_config_from_args(args)
     for flag in ("pipeline_root", "serving_dir"):
         check_bucket(paths[flag], flag.replace("_", "-"))
-    split = detect_split(paths["data"])
+    detect_layout(paths["data"])
     schema_uri = getattr(args, "schema", None)
     if schema_uri:
         uri.ensure_filesystem(schema_uri)
@@ -187,7 +177,7 @@ def run_command(args) -> int:
     metadata_file = metadata_file or local_runner.metadata_path(pipeline_root)
     try:
         local_runner.run(
-            PIPELINE_NAME, pipeline_root, paths["data"], paths["serving_dir"], split=split,
+            PIPELINE_NAME, pipeline_root, paths["data"], paths["serving_dir"],
             model_name=model_name, train_config=config.to_dict(),
             min_of1=getattr(args, "min_of1", DEFAULT_MIN_OF1),
             train_steps=getattr(args, "train_steps", None),
@@ -228,10 +218,10 @@ def compile_command(args) -> int:
     config = train_config_from_args(args)
     gpus = int(getattr(args, "gpus", 0) or 0)
     check_bucket(paths["pipeline_root"], "pipeline-root")
-    split = detect_split(paths["data"])
+    layout = detect_layout(paths["data"])
     from cnnrnn_pipeline.curated_schema import copy_schema, write_schema
+    from cnnrnn_pipeline.example_gen import training_folder
     from cnnrnn_pipeline.kubeflow_v2_runner import DEFAULT_GPU_TYPE, compile_pipeline
-    from cnnrnn_pipeline.pipeline import TRAIN_DIR
 
     # The label domain comes from the user's data (or --schema), written next to the
     # pipeline's artifacts where every worker can read it.
@@ -239,11 +229,10 @@ def compile_command(args) -> int:
         uri.ensure_filesystem(args.schema)
         schema_path = copy_schema(args.schema, paths["pipeline_root"])
     else:
-        train_data = uri.join(paths["data"], TRAIN_DIR) if split == "presplit" else paths["data"]
-        schema_path = write_schema(train_data, paths["pipeline_root"])
+        schema_path = write_schema(training_folder(paths["data"], layout), paths["pipeline_root"])
     compile_pipeline(args.output, args.image, pipeline_name=PIPELINE_NAME,
                      pipeline_root=paths["pipeline_root"], data_root=paths["data"],
-                     serving_dir=paths["serving_dir"], schema_path=schema_path, split=split,
+                     serving_dir=paths["serving_dir"], schema_path=schema_path,
                      model_name=model_name, train_config=config.to_dict(),
                      train_steps=getattr(args, "train_steps", None),
                      min_of1=getattr(args, "min_of1", DEFAULT_MIN_OF1), gpus=gpus,

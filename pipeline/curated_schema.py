@@ -15,7 +15,7 @@ The label domain differs per data set, so :func:`write_schema` derives it from
 the labels of the *training* split at pipeline-creation time and writes the
 schema under the pipeline root, at a path named after its content (so that
 ImportSchemaGen, whose cache key is the path, re-runs when the labels change).
-A label that occurs in the eval split but not in the training split is then an
+A label that occurs in the eval or test split but not in the training split is then an
 ``ENUM_TYPE_UNEXPECTED_STRING_VALUES`` anomaly; a missing ``image/labels`` is a
 ``FEATURE_TYPE_LOW_FRACTION_PRESENT`` anomaly. In hash-split mode (one folder)
 the domain comes from the whole folder.

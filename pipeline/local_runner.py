@@ -32,7 +32,8 @@ from tfx.dsl.io import fileio
 
 from cnnrnn_tf import uri
 from cnnrnn_pipeline.curated_schema import copy_schema, write_schema
-from cnnrnn_pipeline.pipeline import TRAIN_DIR, create_pipeline
+from cnnrnn_pipeline.example_gen import detect_layout, training_folder
+from cnnrnn_pipeline.pipeline import create_pipeline
 
 METADATA_FILE = "metadata.sqlite"
 SECRET_BEAM_OPTIONS = {"--s3_access_key_id", "--s3_secret_access_key", "--s3_session_token"}
@@ -64,11 +65,15 @@ def beam_args(user_args: Optional[List[str]] = None, s3: bool = False) -> List[s
 
 
 def run(pipeline_name: str, pipeline_root: str, data_root: str, serving_dir: str, *,
-        split: str = "presplit", beam_pipeline_args: Optional[List[str]] = None,
+        split: Optional[str] = None, beam_pipeline_args: Optional[List[str]] = None,
         metadata_file: Optional[str] = None, schema_uri: Optional[str] = None,
         **pipeline_kwargs) -> None:
     """Derives the curated schema from the training labels (or copies ``schema_uri``),
     then runs the pipeline.
+
+    The data's layout (train/ val/ test/, train/ test/, or one folder of shards) is
+    detected here for the schema's label domain, and again by ExampleGen when it runs;
+    ``split`` is only kept for callers of <= 0.4.0 (see ``create_pipeline``).
 
     ``metadata_file``: the local MLMD SQLite file (default :func:`metadata_path`;
     required when ``pipeline_root`` is a URI). Raises whatever the failing component
@@ -84,8 +89,8 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, serving_dir: str
     if schema_uri:
         schema_path = copy_schema(schema_uri, pipeline_root)
     else:
-        train_data = uri.join(data_root, TRAIN_DIR) if split == "presplit" else data_root
-        schema_path = write_schema(train_data, pipeline_root)
+        schema_path = write_schema(training_folder(data_root, detect_layout(data_root)),
+                                   pipeline_root)
     s3 = any(uri.scheme(p) == "s3" for p in (pipeline_root, data_root, serving_dir))
     pipeline = create_pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,

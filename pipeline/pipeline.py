@@ -1,27 +1,37 @@
 """``create_pipeline``: the TFX pipeline as a pure function of its arguments.
 
-    ImportExampleGen -> StatisticsGen -> ExampleValidator <- ImportSchemaGen (curated)
+    ImportExampleGen (train / eval / test) -> StatisticsGen -> ExampleValidator <- ImportSchemaGen
                                               |
                                          AnomalyGate (raises on anomalies)
                                               |
-                     Transform (label vocabulary) -> Trainer (cnnrnn_tf.training.train)
+                     Transform (label vocabulary) -> Trainer (fits on train, validates on eval)
                                                         |
-    latest blessed model (Resolver) ----------------> Evaluator (TFMA) -> Pusher
+    latest blessed model (Resolver) --> Evaluator (eval: blessing) -> Pusher
+                                        TestEvaluator (test: scored once, for the report)
 
-* ImportExampleGen reads the GZIP ``*.tfrecord.gz`` shards as they are (Beam's
-  ReadFromTFRecord detects the compression from the ``.gz`` suffix), either the
-  ``train/`` and ``test/`` folders as the splits ``train`` / ``eval``
-  (``split="presplit"``) or one folder hash-split 4:1 (``split="hash"``).
+Three splits, three jobs: ``train`` fits, ``eval`` selects (the Trainer's
+validation and early stopping, the Evaluator's blessing), ``test`` only reports.
+
+* ImportExampleGen runs :class:`cnnrnn_pipeline.example_gen.Executor`, which
+  detects the layout of ``data_root`` when it runs and always emits ``train``,
+  ``eval`` and ``test``: ``train/ val/ test/`` folders as they are; ``train/ test/``
+  with eval carved out of train by hash (said in one line); one folder hash-split
+  8:1:1. The GZIP ``*.tfrecord.gz`` records are copied byte for byte.
 * The schema is imported, not inferred: see :mod:`cnnrnn_pipeline.curated_schema`.
+  StatisticsGen describes all three splits; ExampleValidator checks each of them
+  against the schema derived from the training labels.
 * ExampleValidator records anomalies; :class:`~cnnrnn_pipeline.components.AnomalyGate`
   turns them into a failed run before Transform and Trainer.
-* Transform computes only the frequency-ordered label vocabulary (no
+* Transform computes only the frequency-ordered label vocabulary of ``train`` (no
   materialization); the Trainer reads the raw examples (see cnnrnn_tf.tfx_module).
 * The Evaluator scores the ``eval`` split with the model's ``eval_predictions``
   signature (labels from ``eval_labels``) using
   :class:`cnnrnn_pipeline.tfma_metrics.MultiLabelMetrics`; it blesses a model whose
   OF1 (and optionally mAP) clears ``min_of1`` / ``min_map`` and whose OF1 is not
   lower than the latest blessed model's by more than ``max_of1_decrease``.
+* The TestEvaluator (node id :data:`TEST_EVALUATOR`) scores the ``test`` split with
+  the same metrics and no thresholds: nothing is selected on it, and its blessing
+  output is unused. :func:`cnnrnn_pipeline.results.summarize` reads it back.
 * The Pusher copies a blessed model to ``<serving_dir>/<model_name>/<version>/``
   (the TF Serving layout).
 * Optionally (``infra_validator="docker"`` or ``"kubernetes"``) TFX's stock
@@ -45,14 +55,18 @@ from cnnrnn_tf.export import EVAL_SIGNATURES
 from cnnrnn_tf.tfx_module import TRAIN_CONFIG_KEY, VERSION_KEY
 from cnnrnn_pipeline.components import AnomalyGate, KubeflowInfraValidator
 from cnnrnn_pipeline.curated_schema import TEMPLATE
+from cnnrnn_pipeline.example_gen import TEST_DIR, TRAIN_DIR, VAL_DIR  # noqa: F401 (re-exported)
+from cnnrnn_pipeline.example_gen import three_split_example_gen
 from cnnrnn_pipeline.tfma_metrics import metrics_config
 
 MODULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "module_file.py")
 RUN_FN = "cnnrnn_tf.tfx_module.run_fn"
 PREPROCESSING_FN = "cnnrnn_tf.tfx_module.preprocessing_fn"
-SPLITS = ("presplit", "hash")
-# Folder names inside data_root for split="presplit", and the shard pattern.
-TRAIN_DIR, TEST_DIR, SHARD_PATTERN = "train", "test", "*.tfrecord.gz"
+# The split modes of <= 0.4.0; ExampleGen now detects the layout when it runs, whatever
+# the mode says (see create_pipeline's ``split``).
+SPLITS = ("auto", "presplit", "hash")
+SHARD_PATTERN = "*.tfrecord.gz"
+TEST_EVALUATOR = "TestEvaluator"
 INFRA_VALIDATORS = ("docker", "kubernetes")
 # The TF Serving image InfraValidator starts (tensorflow/serving:<tag>).
 SERVING_IMAGE_TAG = "2.16.1"
@@ -71,25 +85,6 @@ def infra_validator_spec(kind: str):
 def push_destination(serving_dir: str, model_name: str):
     return tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
         base_directory=uri.join(serving_dir, model_name)))
-
-
-def example_gen_configs(split: str):
-    """(input_config, output_config) of ImportExampleGen for a split mode."""
-    if split == "presplit":
-        input_config = tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name="train", pattern=f"{TRAIN_DIR}/{SHARD_PATTERN}"),
-            tfx.proto.Input.Split(name="eval", pattern=f"{TEST_DIR}/{SHARD_PATTERN}"),
-        ])
-        return input_config, None
-    if split == "hash":
-        input_config = tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name="single_split", pattern=SHARD_PATTERN)])
-        output_config = tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
-            tfx.proto.SplitConfig.Split(name="train", hash_buckets=4),
-            tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1),
-        ]))
-        return input_config, output_config
-    raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
 
 
 def train_args(train_steps: Optional[int] = None):
@@ -127,7 +122,7 @@ def create_pipeline(
     eval_steps: Optional[int] = None,
     beam_pipeline_args: Optional[List[str]] = None,
     metadata_connection_config=None,
-    split: str = "presplit",
+    split: Optional[str] = None,
     schema_path: str = TEMPLATE,
     model_name: str = "cnnrnn",
     min_of1: Optional[float] = 0.0,
@@ -148,6 +143,10 @@ def create_pipeline(
     folder then invalidates the Transform and Trainer cache. The library version
     is in both components' ``custom_config``, so upgrading cnnrnn_tf re-runs them.
     ``train_config``: a ``cnnrnn_tf.config.TrainConfig`` dict (validated by run_fn).
+    ``split``: kept for callers of <= 0.4.0 and only checked to be one of
+    :data:`SPLITS`: the layout of ``data_root`` (train/ val/ test/, train/ test/,
+    or one folder) is detected when ExampleGen runs, so a compiled pipeline follows
+    the data it is given.
     ``schema_path``: the curated schema to import (default: the checked-in one for
     the default data; ``curated_schema.write_schema`` derives one for other data).
     ``min_of1`` / ``min_map`` / ``max_of1_decrease``: the Evaluator's blessing
@@ -162,10 +161,10 @@ def create_pipeline(
     ``for_kubeflow_v2``: use :class:`~cnnrnn_pipeline.components.KubeflowInfraValidator`
     (the stock executor under a class the Kubeflow V2 compiler accepts).
     """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
     runtime_parameters = dict(runtime_parameters or {})
-    input_config, output_config = example_gen_configs(split)
-    example_gen = tfx.components.ImportExampleGen(
-        input_base=data_root, input_config=input_config, output_config=output_config)
+    example_gen = three_split_example_gen(data_root)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
     example_validator = tfx.components.ExampleValidator(
@@ -206,6 +205,14 @@ def create_pipeline(
         eval_config=(runtime_parameters.get("eval_config")
                      or eval_config(min_of1, min_map, max_of1_decrease)),
     )
+    # The test split, scored once for the report: no thresholds, no baseline, and
+    # nothing downstream reads its blessing.
+    test_evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        example_splits=["test"],
+        eval_config=eval_config(None, None, None),
+    ).with_id(TEST_EVALUATOR)
     if trainer_resources is not None:
         trainer.with_platform_config(trainer_resources)
     validators = []
@@ -230,7 +237,8 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate,
-                    transform, trainer, model_resolver, evaluator, *validators, pusher],
+                    transform, trainer, model_resolver, evaluator, test_evaluator, *validators,
+                    pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args or []),

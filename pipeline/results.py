@@ -1,4 +1,8 @@
-"""What a local run did, read back from MLMD: per component state, metrics, blessing, push."""
+"""What a local run did, read back from MLMD: per component state, metrics, blessing, push.
+
+``metrics`` are the Evaluator's on the ``eval`` split (the one blessing selects on);
+``test_metrics`` the TestEvaluator's on the ``test`` split, which nothing selects on.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -68,27 +72,49 @@ def _custom(artifact, name):
 @dataclasses.dataclass
 class RunSummary:
     states: Dict[str, str]
-    metrics: Dict[str, float]
+    metrics: Dict[str, float]               # Evaluator, eval split (selection)
     blessed: Optional[bool]
     pushed_path: Optional[str]
+    test_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)  # test split
+    split_counts: Dict[str, int] = dataclasses.field(default_factory=dict)    # ExampleGen
+
+
+def evaluation_metrics(node: Optional[NodeRun]) -> Dict[str, float]:
+    """The overall-slice metrics (``{"OF1": ..., "OF1_diff": ..., "example_count": ...}``)
+    of an Evaluator's ``evaluation`` output; empty when it has none."""
+    metrics: Dict[str, float] = {}
+    if not node or not node.outputs.get("evaluation"):
+        return metrics
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_eval_result(node.outputs["evaluation"][0].uri)
+    for slice_key, by_output in result.slicing_metrics:
+        if slice_key == ():
+            for name, value in by_output.get("", {}).get("", {}).items():
+                if "doubleValue" in value:
+                    metrics[name] = float(value["doubleValue"])
+    return metrics
 
 
 def summarize(sqlite_path: str, pipeline_name: str) -> RunSummary:
-    """States of the newest run, the Evaluator's metrics, the blessing and the pushed path."""
+    """States of the newest run, the Evaluator's (eval) and the TestEvaluator's (test)
+    metrics, the blessing, the pushed path and ExampleGen's split sizes."""
+    from cnnrnn_pipeline.example_gen import COUNTS_PROPERTY, SPLIT_NAMES
+    from cnnrnn_pipeline.pipeline import TEST_EVALUATOR
+
     store = open_store(sqlite_path)
     nodes = latest_run(store, pipeline_name)
-    metrics: Dict[str, float] = {}
     blessed = pushed = None
     evaluator = nodes.get("Evaluator")
-    if evaluator and evaluator.outputs.get("evaluation"):
-        import tensorflow_model_analysis as tfma
-
-        result = tfma.load_eval_result(evaluator.outputs["evaluation"][0].uri)
-        for slice_key, by_output in result.slicing_metrics:
-            if slice_key == ():
-                for name, value in by_output.get("", {}).get("", {}).items():
-                    if "doubleValue" in value:
-                        metrics[name] = float(value["doubleValue"])
+    metrics = evaluation_metrics(evaluator)
+    test_metrics = evaluation_metrics(nodes.get(TEST_EVALUATOR))
+    split_counts: Dict[str, int] = {}
+    example_gen = nodes.get("ImportExampleGen")
+    if example_gen and example_gen.outputs.get("examples"):
+        counts = _custom(example_gen.outputs["examples"][0], COUNTS_PROPERTY)
+        if counts is not None:
+            counts = _json(counts)
+            split_counts = {k: int(counts[k]) for k in SPLIT_NAMES if k in counts}
     if evaluator and evaluator.outputs.get("blessing"):
         blessed = bool(_custom(evaluator.outputs["blessing"][0], "blessed"))
     pusher = nodes.get("Pusher")
@@ -97,7 +123,19 @@ def summarize(sqlite_path: str, pipeline_name: str) -> RunSummary:
         if _custom(artifact, "pushed"):
             pushed = _custom(artifact, "pushed_destination")
             pushed = pushed[len("file://"):] if pushed and pushed.startswith("file://") else pushed
-    return RunSummary({k: v.state for k, v in nodes.items()}, metrics, blessed, pushed)
+    return RunSummary({k: v.state for k, v in nodes.items()}, metrics, blessed, pushed,
+                      test_metrics, split_counts)
+
+
+def _json(value) -> dict:
+    """A JSON custom property as MLMD stores it (a Struct, possibly under ``__value__``)."""
+    from google.protobuf import json_format
+
+    if hasattr(value, "DESCRIPTOR"):
+        value = json_format.MessageToDict(value)
+    if isinstance(value, dict) and set(value) == {"__value__"}:
+        value = value["__value__"]
+    return value if isinstance(value, dict) else {}
 
 
 def saved_model_exists(path: Optional[str]) -> bool:

@@ -1,6 +1,9 @@
 """The TFX pipeline end to end on a few dozen generated examples (LocalDagRunner).
 
 Needs the [pipeline] extra; skipped without it. About 3 minutes on 2 cores.
+The main run reads train/ val/ test/ folders; the runs that stop at AnomalyGate read the
+old train/ + test/ layout (eval carved out of train); tests/test_pipeline_example_gen.py
+covers each layout's splits.
 """
 import argparse
 import glob
@@ -28,7 +31,8 @@ TINY_CONFIG = dict(image_size=32, epochs=1, batch_size=16, lstm_units=32, embed_
 DIRECT = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 UPSTREAM_OF_EVALUATOR = ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen",
                          "ExampleValidator", "AnomalyGate", "Transform", "Trainer")
-ALL_NODES = UPSTREAM_OF_EVALUATOR + ("latest_blessed_model_resolver", "Evaluator", "Pusher")
+ALL_NODES = UPSTREAM_OF_EVALUATOR + ("latest_blessed_model_resolver", "Evaluator",
+                                     "TestEvaluator", "Pusher")
 
 
 def _run(root, data, serving, **kwargs):
@@ -60,7 +64,8 @@ def good_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline_good")
     data = root / "data"
     schema.write_records(str(data / "train"), synthetic_records(48, seed=1), records_per_shard=24)
-    schema.write_records(str(data / "test"), synthetic_records(16, seed=2))
+    schema.write_records(str(data / "val"), synthetic_records(12, seed=2))
+    schema.write_records(str(data / "test"), synthetic_records(16, seed=3))
     return root, data
 
 
@@ -89,24 +94,35 @@ def test_every_component_ran_and_pusher_wrote_a_servable_version(first_run):
     assert set(labels.ravel()) <= known and (out["label_count"].numpy() >= 1).all()
 
 
-def test_evaluator_metrics_agree_with_the_library(first_run):
+def _library_metrics(model, folder):
+    """The SavedModel's eval signatures over a folder, scored by cnnrnn_tf.metrics."""
     from cnnrnn_tf.metrics import multilabel_metrics
 
-    root, data, summary = first_run
-    model = tf.saved_model.load(summary.pushed_path)
     serialized = tf.constant([e.SerializeToString()
-                              for e in _examples(schema.iter_records(str(data / "test")))])
+                              for e in _examples(schema.iter_records(str(folder)))])
     y_true = model.signatures["eval_labels"](examples=serialized)["label_multi_hot"].numpy()
     pred = model.signatures["eval_predictions"](examples=serialized)
-    expected = multilabel_metrics(y_true, pred["predicted_multi_hot"].numpy(),
-                                  pred["probabilities"].numpy())
-    # The eval labels as the vocabulary sees them: every test label is known.
-    assert y_true.sum() == sum(len(r.labels) for r in schema.iter_records(str(data / "test")))
-    assert summary.metrics["example_count"] == 16
+    # The labels as the vocabulary sees them: every label of the folder is known.
+    assert y_true.sum() == sum(len(r.labels) for r in schema.iter_records(str(folder)))
+    return multilabel_metrics(y_true, pred["predicted_multi_hot"].numpy(),
+                              pred["probabilities"].numpy())
+
+
+def test_blessing_reads_eval_and_the_test_split_is_scored_apart(first_run):
+    root, data, summary = first_run
+    assert summary.split_counts == {"train": 48, "eval": 12, "test": 16}
+    model = tf.saved_model.load(summary.pushed_path)
+    # The Evaluator (blessing) scored val/, the TestEvaluator test/; both agree with the library.
+    assert summary.metrics["example_count"] == 12
+    assert summary.test_metrics["example_count"] == 16
+    on_val, on_test = _library_metrics(model, data / "val"), _library_metrics(model, data / "test")
     for name in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
-        assert summary.metrics[name] == pytest.approx(expected[name], abs=1e-6), name
+        assert summary.metrics[name] == pytest.approx(on_val[name], abs=1e-6), name
+        assert summary.test_metrics[name] == pytest.approx(on_test[name], abs=1e-6), name
+    # The test split has no thresholds and no baseline: nothing is selected on it.
+    assert not any(k.endswith("_diff") for k in summary.test_metrics)
     # The library's evaluation (cnnrnn_tf.evaluation, Keras decode) of run_fn's MODEL_DIR
-    # gives the same numbers (run_fn itself leaves the scoring to the Evaluator).
+    # gives the same test numbers (run_fn itself leaves the scoring to the Evaluators).
     from cnnrnn_tf.evaluation import evaluate_model
     from cnnrnn_tf.model_dir import load_model_dir
 
@@ -117,7 +133,7 @@ def test_evaluator_metrics_agree_with_the_library(first_run):
     library = evaluate_model(loaded.model, loaded.vocab, str(data / "test"), loaded.image_size,
                              beam_size=loaded.config.beam_size)
     for name in ("mAP", "CF1", "OF1"):
-        assert summary.metrics[name] == pytest.approx(library[name], abs=1e-5), name
+        assert summary.test_metrics[name] == pytest.approx(library[name], abs=1e-5), name
 
 
 def test_second_run_is_served_from_cache(first_run):
@@ -127,11 +143,12 @@ def test_second_run_is_served_from_cache(first_run):
     summary = _run(root, data, root / "serving")
     # Everything up to the Trainer comes from the cache. The Evaluator runs again
     # because its baseline input changed (run 1 had no blessed model yet).
-    assert {n: summary.states[n] for n in UPSTREAM_OF_EVALUATOR} == {
-        n: "CACHED" for n in UPSTREAM_OF_EVALUATOR}
+    cached = UPSTREAM_OF_EVALUATOR + ("TestEvaluator",)
+    assert {n: summary.states[n] for n in cached} == {n: "CACHED" for n in cached}
     assert "OF1_diff" in summary.metrics and summary.metrics["OF1_diff"] == pytest.approx(0.0)
     text = format_summary(summary)
     assert "mAP" in text and "OF1" in text and "blessed: yes" in text
+    assert "splits: train 48, eval 12, test 16" in text and "test split" in text
 
 
 def test_a_model_below_the_value_threshold_is_not_pushed(first_run):
@@ -161,7 +178,7 @@ def _assert_stopped_before_trainer(root):
     assert not glob.glob(str(root / "serving" / "**" / "saved_model.pb"), recursive=True)
 
 
-def test_missing_labels_stop_the_run_before_the_trainer(tmp_path):
+def test_missing_labels_stop_the_run_before_the_trainer(tmp_path, capfd):
     from cnnrnn_pipeline.cli import run_command
 
     data = tmp_path / "data"
@@ -176,20 +193,28 @@ def test_missing_labels_stop_the_run_before_the_trainer(tmp_path):
     assert "\n" not in message
     assert "data anomalies" in message and "image/labels" in message and "'train'" in message
     _assert_stopped_before_trainer(tmp_path)
+    # train/ + test/ is not refused: eval is carved out of train, and the command says so.
+    notes = [line for line in capfd.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "no val/" in notes[0] and "carved out of train" in notes[0]
 
 
-def test_unknown_eval_label_stops_the_run_before_the_trainer(tmp_path):
+def test_unknown_eval_and_test_labels_stop_the_run_before_the_trainer(tmp_path):
     from cnnrnn_pipeline.cli import run_command
 
     data = tmp_path / "data"
     schema.write_records(str(data / "train"), synthetic_records(24, seed=3))
-    test = synthetic_records(8, seed=4)
-    test[0] = test[0]._replace(labels=["red", "purple"])
+    val, test = synthetic_records(8, seed=4), synthetic_records(8, seed=5)
+    val[0] = val[0]._replace(labels=["red", "purple"])
+    test[0] = test[0]._replace(labels=["blue", "violet"])
+    schema.write_records(str(data / "val"), val)
     schema.write_records(str(data / "test"), test)
     with pytest.raises(InputError) as err:
         run_command(_cli_args(tmp_path, data))
     message = str(err.value)
-    assert "image/labels" in message and "purple" in message and "'eval'" in message
+    # Both the eval and the test split are checked against the training labels' schema.
+    assert "\n" not in message and "image/labels" in message
+    assert "split 'eval'" in message and "purple" in message
+    assert "split 'test'" in message and "violet" in message
     _assert_stopped_before_trainer(tmp_path)
 
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.pipeline]
 
 ORDER = ["ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
          "AnomalyGate", "Transform", "Trainer", "latest_blessed_model_resolver",
-         "Evaluator", "Pusher"]
+         "Evaluator", "TestEvaluator", "Pusher"]
 
 
 def _upload_data(s3, tmp_path, train=None, test=None, prefix="data"):
@@ -93,6 +93,11 @@ def test_kubeflow_compile_has_runtime_parameters_gpu_image_and_the_users_labels(
         assert tasks[task]["inputs"]["parameters"][name] == {"componentInputParameter": name}
 
     executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    # ExampleGen runs our executor, which finds the data's layout when the step runs.
+    example_gen = json.dumps(executors["ImportExampleGen_executor"])
+    assert "cnnrnn_pipeline.example_gen.Executor" in example_gen
+    assert tasks["TestEvaluator"]["inputs"]["parameters"]["example_splits"] == {
+        "runtimeValue": {"constantValue": {"stringValue": '["test"]'}}}
     trainer = executors["Trainer_executor"]["container"]
     assert trainer["image"] == "example.org/cnnrnn:test"
     assert trainer["resources"]["accelerator"] == {"type": "nvidia.com/gpu", "count": "1"}
@@ -273,6 +278,12 @@ def test_pipeline_end_to_end_on_s3(tmp_path, s3):
                         "--metadata-path", str(meta)], s3, cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "blessed: yes" in proc.stdout
+    # train/ + test/ on s3://: eval is carved out of train when the step runs, test is
+    # test/ (8 examples) and is scored apart from the blessing.
+    assert "carved out of train" in proc.stderr
+    counts = [line for line in proc.stdout.splitlines() if line.startswith("splits: ")]
+    assert len(counts) == 1 and counts[0].endswith(", test 8"), proc.stdout
+    assert "TestEvaluator (test split" in proc.stdout
     assert _local_files(cwd) == []
     assert meta.exists()
     pushed = [k for k in s3.keys(s3.bucket, "serving/shapes/") if k.endswith("saved_model.pb")]

@@ -1,0 +1,56 @@
+"""A stable, salted hash that puts a record on one side of a split.
+
+The key of a record is its ``image/id`` when it has one, else the record's own
+bytes, so a record lands on the same side whatever shard, order or machine it is
+read in, and re-serialising an example (which may reorder its features) does not
+move it as long as its id stays. ``seed`` salts the hash: another seed gives
+another, equally stable, split.
+
+The pipeline's ExampleGen (``cnnrnn_pipeline.example_gen``) uses it to carve
+``eval`` out of ``train`` and to split one folder 8:1:1; it imports only the
+standard library and TensorFlow's Example proto, so a Beam worker can run it.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence, Tuple
+
+from cnnrnn_tf.schema import ID_KEY
+
+_SCALE = float(2 ** 64)
+
+
+def record_key(record: bytes) -> bytes:
+    """``image/id`` of a serialized tf.train.Example, or the record's bytes when it has
+    no (non-empty) id or does not parse as an Example."""
+    from tensorflow.core.example import example_pb2
+
+    try:
+        example = example_pb2.Example.FromString(record)
+    except Exception:  # noqa: BLE001 - an unparseable record is hashed by its bytes
+        return record
+    feature = example.features.feature.get(ID_KEY)
+    if feature is not None and feature.bytes_list.value and feature.bytes_list.value[0]:
+        return b"id:" + feature.bytes_list.value[0]
+    return record
+
+
+def split_fraction(record: bytes, seed: int = 0) -> float:
+    """A number in [0, 1), uniform over keys, fixed for a (record key, seed) pair."""
+    digest = hashlib.sha256(f"cnnrnn-split:{int(seed)}:".encode() + record_key(record)).digest()
+    return int.from_bytes(digest[:8], "big") / _SCALE
+
+
+def assign_split(record: bytes, shares: Sequence[Tuple[str, float]], seed: int = 0) -> str:
+    """The name of the side a record falls on; ``shares`` are ``(name, weight)`` pairs
+    (weights need not sum to 1: ``[("train", 8), ("eval", 1), ("test", 1)]``)."""
+    if len(shares) == 1:
+        return shares[0][0]
+    total = float(sum(weight for _, weight in shares))
+    point = split_fraction(record, seed) * total
+    upper = 0.0
+    for name, weight in shares:
+        upper += weight
+        if point < upper:
+            return name
+    return shares[-1][0]
