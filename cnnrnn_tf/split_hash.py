@@ -6,13 +6,17 @@ read in, and re-serialising an example (which may reorder its features) does not
 move it as long as its id stays. ``seed`` salts the hash: another seed gives
 another, equally stable, split.
 
-The pipeline's ExampleGen (``cnnrnn_pipeline.example_gen``) uses it to carve
-``eval`` out of ``train`` and to split one folder 8:1:1; it imports only the
-standard library and TensorFlow's Example proto, so a Beam worker can run it.
+One hash serves both places that split: ``cnnrnn data split`` (val when the point is
+below the val fraction) and the pipeline's ExampleGen (``cnnrnn_pipeline.example_gen``),
+which carves ``eval`` out of ``train`` (its first share, so a tenth carved there is the
+val that ``cnnrnn data split --val-fraction 0.1`` writes) and splits one folder 8:1:1.
+It imports only the standard library and TensorFlow's Example proto, so a Beam worker
+can run it.
 """
 from __future__ import annotations
 
 import hashlib
+import struct
 from typing import Sequence, Tuple
 
 from cnnrnn_tf.schema import ID_KEY
@@ -31,14 +35,20 @@ def record_key(record: bytes) -> bytes:
         return record
     feature = example.features.feature.get(ID_KEY)
     if feature is not None and feature.bytes_list.value and feature.bytes_list.value[0]:
-        return b"id:" + feature.bytes_list.value[0]
+        return feature.bytes_list.value[0]
     return record
 
 
-def split_fraction(record: bytes, seed: int = 0) -> float:
-    """A number in [0, 1), uniform over keys, fixed for a (record key, seed) pair."""
-    digest = hashlib.sha256(f"cnnrnn-split:{int(seed)}:".encode() + record_key(record)).digest()
+def split_point(key: bytes, seed: int = 0) -> float:
+    """A key's place in [0, 1): SHA-256 of the seed (8 bytes, big-endian) and the key, its
+    first 8 bytes as a fraction. Uniform over keys, fixed for a (key, seed) pair."""
+    digest = hashlib.sha256(struct.pack(">Q", int(seed)) + bytes(key)).digest()
     return int.from_bytes(digest[:8], "big") / _SCALE
+
+
+def split_fraction(record: bytes, seed: int = 0) -> float:
+    """:func:`split_point` of a serialized record's key (:func:`record_key`)."""
+    return split_point(record_key(record), seed)
 
 
 def assign_split(record: bytes, shares: Sequence[Tuple[str, float]], seed: int = 0) -> str:

@@ -55,8 +55,10 @@ LAYOUTS = ("train-val-test", "train-test", "single")
 SPLIT_SEED = 0
 # train/ + test/: every CARVE_EVAL_EVERY-th train example (by hash) goes to eval.
 CARVE_EVAL_EVERY = 10
-SINGLE_SHARES = (("train", 8), ("eval", 1), ("test", 1))
-CARVE_SHARES = (("train", CARVE_EVAL_EVERY - 1), ("eval", 1))
+# The carved sides first: a record whose hash point is below 0.1 goes to eval, as
+# `cnnrnn data split --val-fraction 0.1` puts it in val (cnnrnn_tf.split_hash).
+SINGLE_SHARES = (("eval", 1), ("test", 1), ("train", 8))
+CARVE_SHARES = (("eval", 1), ("train", CARVE_EVAL_EVERY - 1))
 # The driver fingerprints these patterns (missing ones count as 0 files), so any change
 # to the shards of any layout re-runs ExampleGen; the executor ignores the patterns.
 INPUT_CONFIG = example_gen_pb2.Input(splits=[

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("tfx")
 
 import tensorflow as tf  # noqa: E402
+from cnnrnn_pipeline import example_gen  # noqa: E402
 
 from cnnrnn_tf import schema  # noqa: E402
 from cnnrnn_tf.errors import InputError  # noqa: E402
@@ -83,8 +84,13 @@ def test_train_and_test_folders_get_eval_carved_out_of_train(tmp_path, caplog):
     _assert_partition({k: splits[k] for k in ("train", "eval")}, train)
     assert 1 <= len(splits["eval"]) <= 15 and counts["eval"] == len(splits["eval"])
     # The side of each record is the hash of its image/id, 1 in 10 to eval.
-    expected = {r for r in train if assign_split(r, [("train", 9), ("eval", 1)]) == "eval"}
+    expected = {r for r in train if assign_split(r, example_gen.CARVE_SHARES) == "eval"}
     assert set(splits["eval"]) == expected
+    # ... which is the val that `cnnrnn data split --val-fraction 0.1` carves.
+    from cnnrnn_tf.data import split_train_val
+
+    split_train_val(str(data / "train"), str(tmp_path / "carved"), 0.1)
+    assert sorted(splits["eval"]) == sorted(_raw(f"{tmp_path}/carved/val/*.gz"))
     # ... and the run says so, in one line.
     notes = [r.getMessage() for r in caplog.records if "carved out of train" in r.getMessage()]
     assert len(notes) == 1 and "no val/" in notes[0] and "\n" not in notes[0]
@@ -100,7 +106,7 @@ def test_one_folder_is_hash_split_8_1_1_by_the_stable_hash(tmp_path):
     assert counts == {k: len(v) for k, v in splits.items()}
     assert counts["train"] > 3 * (counts["eval"] + counts["test"]) and min(counts.values()) >= 1
     # Each record's side is a function of the record alone: the same data, the same splits.
-    shares = [("train", 8), ("eval", 1), ("test", 1)]
+    shares = example_gen.SINGLE_SHARES
     assert {k: set(v) for k, v in splits.items()} == {
         k: {r for r in records if assign_split(r, shares) == k} for k in splits}
 
@@ -157,7 +163,7 @@ def test_the_split_hash_follows_the_image_id_and_the_seed():
     fractions = [split_fraction(r) for r in no_id]
     assert len(set(fractions)) == len(no_id) and all(0 <= f < 1 for f in fractions)
     assert fractions != [split_fraction(r, seed=1) for r in no_id]
-    shares = [("train", 8), ("eval", 1), ("test", 1)]
+    shares = example_gen.SINGLE_SHARES
     sides = collections.Counter(assign_split(r, shares) for r in no_id)
     assert 130 <= sides["train"] <= 190 and sides["eval"] >= 5 and sides["test"] >= 5
     assert json.dumps(sides, sort_keys=True) == json.dumps(

@@ -24,10 +24,8 @@ example: convert COCO val as the test split, then carve val from COCO train),
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import struct
 from collections import Counter
 from typing import Dict, Iterator, Tuple
 
@@ -44,22 +42,13 @@ from cnnrnn_tf.data.converters import (
     write_label_counts,
 )
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.split_hash import split_point as val_point  # noqa: F401 (exported)
 from cnnrnn_tf.schema import COMPRESSION, ShardWriter, list_shards, parse_example_proto
 
 log = logging.getLogger(__name__)
 
 SIDES: Tuple[str, str] = ("train", "val")
-_TWO_64 = float(2 ** 64)
 _READ_BATCH = 256
-
-
-def val_point(key: bytes, seed: int = 0) -> float:
-    """The record's place in [0, 1): it goes to val when this is below the val fraction.
-
-    ``key`` is the record's ``image/id`` (UTF-8) or, without one, its serialized bytes.
-    """
-    digest = hashlib.sha256(struct.pack(">Q", int(seed)) + bytes(key)).digest()
-    return int.from_bytes(digest[:8], "big") / _TWO_64
 
 
 def _check_fraction(val_fraction) -> float:
