@@ -401,9 +401,9 @@ def main(argv=None):
         md += ["> **QUICK MODE** (`--quick`): tiny data and one short epoch, to check that the "
                "benchmark runs end to end. These are **not** the project's figures; run "
                "`make bench` (or the command below without `--quick`) for them.", ""]
-    elif any(getattr(args, k) != v for k, v in DEFAULTS.items()):
+    elif any(getattr(args, k) != v for k, v in DEFAULTS.items()) or args.val != args.test:
         md += ["> **Non-default settings** (see below): smaller than `make bench`'s defaults "
-               f"({', '.join(f'{k}={v}' for k, v in DEFAULTS.items())}); "
+               f"({', '.join(f'{k}={v}' for k, v in DEFAULTS.items())}, val=test); "
                "indicative figures, not the project's final ones.", ""]
     md += [f"- regenerate: `{cmd}` (cached under `{args.work}/`; a re-run only computes "
            "what is missing)",
