@@ -158,6 +158,9 @@ def colab_kernel(tmp_path, monkeypatch):
         "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Colab-like Python 3.12", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    # Colab has no PYTHONPATH into a checkout: with one (as when the suite runs from a
+    # worktree) the kernel would import cnnrnn_tf before its install cell ran.
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     # Offline, as tests must be: nothing from an index, and the checkout is built with the
     # base's setuptools (Colab has it) instead of one fetched for build isolation.
     monkeypatch.setenv("PIP_NO_INDEX", "1")
