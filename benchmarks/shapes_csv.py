@@ -7,12 +7,14 @@ only, the way a user with their own CSV would run it:
     .venv/bin/python benchmarks/shapes_csv.py --out runs/shapes            # data + both models
     .venv/bin/python benchmarks/shapes_csv.py --out runs/shapes --data-only
 
-It writes ``OUT/images/{train,test}/*.png`` with ``OUT/train.csv`` and
-``OUT/test.csv`` (columns ``image,labels``, labels joined by ``|``), converts them
-with ``cnnrnn data from-csv``, trains ``--model cnn-rnn`` and ``--model bce`` with
-the CLI defaults (same backbone, same epoch budget), scores both with
-``cnnrnn evaluate --json`` and prints one table; the JSON of every run is kept
-under OUT.
+It writes ``OUT/images/{train,val,test}/*.png`` with ``OUT/train.csv``,
+``OUT/val.csv`` and ``OUT/test.csv`` (columns ``image,labels``, labels joined by
+``|``; three disjoint draws), converts them with ``cnnrnn data from-csv``, trains
+``--model cnn-rnn`` and ``--model bce`` with the CLI defaults (same backbone, same
+epoch budget) as ``cnnrnn train --train T --eval V --test E``: the validation split
+selects (early stopping, the checkpoint, BCE's threshold), the test split is scored
+once after the model is final (``MODEL_DIR/metrics.json``) and is what the table
+reports. The JSON of every run is kept under OUT.
 
 The scenes are unlike the default data on purpose: 48x48 RGB, 12 labels, 1-5
 coloured shapes of random size and colour on a noisy background. The shapes
@@ -29,7 +31,8 @@ follows one of five themes, so the labels depend on each other:
     arrows     arrow 0.8, triangle 0.6, vbar 0.4
 
 plus, with probability 0.15, one item of another theme. A scene with no item
-draws again. Everything comes from ``numpy.random.default_rng([seed, split])``.
+draws again. Everything comes from ``numpy.random.default_rng([seed, split])``, one
+stream per split (train 0, test 1, val 2), so the splits share no scene.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from typing import Dict, List, Tuple
@@ -141,9 +145,12 @@ def render(rng: np.random.Generator, names: List[str], size: int = SIZE, clutter
     return image
 
 
+SPLIT_STREAMS = {"train": 0, "test": 1, "val": 2}  # train and test as before val existed
+
+
 def write_split(out: str, split: str, count: int, seed: int, size: int = SIZE,
                 clutter: int = 0) -> str:
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    rng = np.random.default_rng([seed, SPLIT_STREAMS[split]])
     folder = os.path.join(out, "images", split)
     os.makedirs(folder, exist_ok=True)
     csv_path = os.path.join(out, f"{split}.csv")
@@ -169,11 +176,38 @@ def cnnrnn(*args: str, capture: bool = False) -> str:
     return done.stdout or ""
 
 
+def trained_on(model_dir: str, val_dir: str, test_dir: str) -> bool:
+    """Whether ``model_dir`` is a finished run selected on ``val_dir`` and scored on
+    ``test_dir`` (a model of 0.4.0, selected on its test split, is not)."""
+    from cnnrnn_tf.model_dir import is_model_dir
+
+    path = os.path.join(model_dir, "metrics.json")
+    if not is_model_dir(model_dir) or not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        metrics = json.load(f)
+    data = metrics.get("data") or {}
+    same = lambda a, b: bool(a) and os.path.abspath(a) == os.path.abspath(b)  # noqa: E731
+    return (metrics.get("split") == "test" and same(data.get("eval"), val_dir)
+            and same(data.get("test"), test_dir))
+
+
+def test_metrics(model_dir: str) -> dict:
+    """The test split's metrics that ``cnnrnn train --test`` wrote (the same numbers as
+    ``cnnrnn evaluate --data TEST --json``), without the validation ones."""
+    with open(os.path.join(model_dir, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    if metrics.get("split") != "test":
+        raise SystemExit(f"{model_dir}/metrics.json is not a test-split score")
+    return {k: v for k, v in metrics.items() if k not in ("validation", "data", "split")}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/shapes")
     p.add_argument("--train", type=int, default=3000)
-    p.add_argument("--test", type=int, default=1000)
+    p.add_argument("--val", type=int, default=1000, help="selects; never reported")
+    p.add_argument("--test", type=int, default=1000, help="reported; never selects")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=SIZE, help="canvas side in pixels")
     p.add_argument("--clutter", type=int, default=0,
@@ -182,10 +216,10 @@ def main(argv=None) -> int:
     p.add_argument("--data-only", action="store_true")
     args = p.parse_args(argv)
     from cnnrnn_tf.metrics import format_comparison
-    from cnnrnn_tf.model_dir import is_model_dir, write_json
+    from cnnrnn_tf.model_dir import write_json
 
     csvs = {}
-    for split, count in (("train", args.train), ("test", args.test)):
+    for split, count in (("train", args.train), ("val", args.val), ("test", args.test)):
         csvs[split] = os.path.join(args.out, f"{split}.csv")
         if not os.path.exists(csvs[split]):
             print(f"writing {count} {split} scenes", flush=True)
@@ -195,22 +229,23 @@ def main(argv=None) -> int:
             cnnrnn("data", "from-csv", "--csv", csvs[split], "--out", shards)
     if args.data_only:
         return 0
+    split = {s: os.path.join(args.out, "data", s) for s in ("train", "val", "test")}
     rows = {}
     for model in ("cnn-rnn", "bce"):
         model_dir = os.path.join(args.out, "models", model)
-        result = os.path.join(args.out, f"evaluate-{model}.json")
+        result = os.path.join(args.out, f"test-{model}.json")
         if not os.path.exists(result):
-            if not is_model_dir(model_dir):
+            if not trained_on(model_dir, split["val"], split["test"]):
+                shutil.rmtree(model_dir, ignore_errors=True)  # e.g. 0.4.0's, selected on test
                 extra = ["--epochs", str(args.epochs)] if args.epochs else []
-                cnnrnn("train", "--train", os.path.join(args.out, "data", "train"),
-                       "--eval", os.path.join(args.out, "data", "test"), "--out", model_dir,
+                cnnrnn("train", "--train", split["train"], "--eval", split["val"],
+                       "--test", split["test"], "--out", model_dir,
                        "--model", model, "--seed", str(args.seed), *extra)
-            text = cnnrnn("evaluate", "--model", model_dir,
-                          "--data", os.path.join(args.out, "data", "test"), "--json", capture=True)
-            write_json(result, json.loads(text))
+            write_json(result, test_metrics(model_dir))
         with open(result, encoding="utf-8") as f:
             rows[model] = json.load(f)
     print()
+    print(f"test split ({args.test} scenes), selected on val ({args.val} scenes); percent:")
     print(format_comparison(rows))
     return 0
 

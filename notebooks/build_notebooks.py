@@ -98,14 +98,17 @@ Multi-label image classification with CNN-RNN (Wang et al., CVPR 2016): a CNN en
 image, an LSTM walks a path of labels, and a beam search decodes the label **set**.
 
 This notebook builds the default data set (Fashion-MNIST outfit scenes), trains a small
-CNN-RNN, and looks at its predictions. All code lives in the `cnnrnn_tf` library; the cells
-only call it. The settings below are form fields in Colab; environment variables
+CNN-RNN, and looks at its predictions. Three splits, three jobs: the model is fitted on
+`train`, the `val` split selects (early stopping, the checkpoint), and the `test` split is
+scored once, at the end, by a model that nothing fitted or chose on it. All code lives in
+the `cnnrnn_tf` library; the cells only call it. The settings below are form fields in Colab; environment variables
 (`CNNRNN_NB_TRAIN=200 CNNRNN_NB_EPOCHS=1 ...`) override them to run it tiny.
 
 """ + colab_badge("01_quickstart.ipynb") + """
 """),
     parameters("""
 N_TRAIN = 3000  #@param {type:"integer"}
+N_VAL = 500  #@param {type:"integer"}
 N_TEST = 500  #@param {type:"integer"}
 EPOCHS = 10  #@param {type:"integer"}
 IMAGE_SIZE = 64  #@param {type:"integer"}
@@ -113,8 +116,9 @@ WORK = "cnnrnn_work"  #@param {type:"string"}
 #@markdown Fashion-MNIST IDX folder; empty: Debian's package when installed, else a Keras download.
 FASHION_MNIST = ""  #@param {type:"string"}
 """, """
-N_TRAIN = from_env("TRAIN", N_TRAIN)    # training scenes
-N_TEST = from_env("TEST", N_TEST)       # test scenes
+N_TRAIN = from_env("TRAIN", N_TRAIN)    # training scenes: fit
+N_VAL = from_env("VAL", N_VAL)          # validation scenes: select, never reported
+N_TEST = from_env("TEST", N_TEST)       # test scenes: reported, never select
 EPOCHS = from_env("EPOCHS", EPOCHS)
 IMAGE_SIZE = from_env("IMAGE_SIZE", IMAGE_SIZE)
 WORK = from_env("WORK", WORK)           # everything is written here
@@ -133,16 +137,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 64x64 scenes of 1-4 Fashion-MNIST items whose combinations follow an outfit grammar
 (winter, summer, office, sport, evening), so labels depend on each other. Fashion-MNIST is
 read from Debian's `dataset-fashion-mnist` package when installed, else downloaded by Keras.
+`train/` and `val/` scenes use disjoint parts of Fashion-MNIST's train items, `test/` scenes
+its test items: no item is in two splits.
 """),
     code("""
 from cnnrnn_tf.data import build_fashion_outfits, describe_grammar
 
-if not os.path.isdir(os.path.join(DATA, "train")):
-    build_fashion_outfits(DATA, num_train=N_TRAIN, num_test=N_TEST, seed=0,
+if not all(os.path.isdir(os.path.join(DATA, s)) for s in ("train", "val", "test")):
+    build_fashion_outfits(DATA, num_train=N_TRAIN, num_test=N_TEST, num_val=N_VAL, seed=0,
                           source_dir=FASHION_MNIST, progress=False)
 print(describe_grammar())
 """),
-    md("## 2. Train a small CNN-RNN"),
+    md("""
+## 2. Train a small CNN-RNN
+
+`train` fits on `train/` and validates on `val/` after every epoch: early stopping and the
+choice of the epoch that is kept use the decoded validation F1. The test split is not read here.
+"""),
     code("""
 from cnnrnn_tf.config import TrainConfig
 from cnnrnn_tf.model_dir import is_model_dir, load_model_dir
@@ -151,15 +162,16 @@ from cnnrnn_tf.training import train
 if not is_model_dir(MODEL_DIR):
     config = TrainConfig(model="cnn-rnn", backbone="small-cnn", image_size=IMAGE_SIZE,
                          epochs=EPOCHS, batch_size=32)
-    train(config, os.path.join(DATA, "train"), os.path.join(DATA, "test"), MODEL_DIR, verbose=2)
+    train(config, os.path.join(DATA, "train"), os.path.join(DATA, "val"), MODEL_DIR, verbose=2)
 loaded = load_model_dir(MODEL_DIR)
 model, vocab = loaded.model, loaded.vocab
 print("labels, most frequent first:", ", ".join(vocab.labels))
 """),
     md("""
-## 3. Evaluate
+## 3. Evaluate on the test split
 
-mAP ranks the test images by each label's score; CP/CR/CF1 (per class, averaged) and
+The model is final: now, and only now, the test scenes are scored. mAP ranks the test
+images by each label's score; CP/CR/CF1 (per class, averaged) and
 OP/OR/OF1 (overall) score the predicted label sets; top-3 scores the three best labels.
 """),
     code("""
@@ -223,18 +235,25 @@ FINETUNE = [
    existing labels keep their weights.
 3. Evaluate, check that the new labels are predicted, and export a SavedModel for TF Serving.
 
+Three splits, three jobs: fine-tuning fits on your `train` CSV, a validation split selects
+the epoch that is kept (your `val` CSV, or a part of `train` carved off with
+`cnnrnn data split`), and your `test` CSV is scored once, by the final model.
+
 Without a CSV of your own, the notebook makes a demo one: outfit scenes, half of them with a
 yellow frame and the **new** label `framed`.
 """),
     parameters("""
-#@markdown Your data: a CSV with columns image,labels (image paths relative to the CSV);
-#@markdown empty: make the demo CSV.
+#@markdown Your data: CSVs with columns image,labels (image paths relative to the CSV);
+#@markdown CSV_TRAIN empty: make the demo CSVs. CSV_VAL empty: carve VAL_FRACTION of train off.
 CSV_TRAIN = ""  #@param {type:"string"}
+CSV_VAL = ""  #@param {type:"string"}
 CSV_TEST = ""  #@param {type:"string"}
+VAL_FRACTION = 0.2  #@param {type:"number"}
 LABEL_SEP = "|"  #@param {type:"string"}
 #@markdown A trained model folder to start from; empty: train a small one on the default data.
 BASE_MODEL = ""  #@param {type:"string"}
 N_TRAIN = 2000  #@param {type:"integer"}
+N_VAL = 400  #@param {type:"integer"}
 N_TEST = 400  #@param {type:"integer"}
 EPOCHS = 8  #@param {type:"integer"}
 FT_EPOCHS = 6  #@param {type:"integer"}
@@ -245,10 +264,13 @@ WORK = "cnnrnn_work"  #@param {type:"string"}
 FASHION_MNIST = ""  #@param {type:"string"}
 """, """
 CSV_TRAIN = from_env("CSV_TRAIN", CSV_TRAIN)
+CSV_VAL = from_env("CSV_VAL", CSV_VAL)
 CSV_TEST = from_env("CSV_TEST", CSV_TEST)
+VAL_FRACTION = from_env("VAL_FRACTION", VAL_FRACTION)
 LABEL_SEP = from_env("LABEL_SEP", LABEL_SEP)
 BASE_MODEL = from_env("MODEL", BASE_MODEL)
 N_TRAIN = from_env("TRAIN", N_TRAIN)
+N_VAL = from_env("VAL", N_VAL)
 N_TEST = from_env("TEST", N_TEST)
 EPOCHS = from_env("EPOCHS", EPOCHS)                  # base model, if trained here
 FT_EPOCHS = from_env("FT_EPOCHS", FT_EPOCHS)         # fine-tuning
@@ -272,21 +294,22 @@ from cnnrnn_tf.model_dir import is_model_dir, load_model_dir
 from cnnrnn_tf.training import train
 
 OUTFITS = os.path.join(WORK, "outfits")  # the default data: for the base model, the demo CSV
-if (not BASE_MODEL or not CSV_TRAIN) and not os.path.isdir(os.path.join(OUTFITS, "train")):
-    build_fashion_outfits(OUTFITS, num_train=N_TRAIN, num_test=N_TEST, seed=0,
+if (not BASE_MODEL or not CSV_TRAIN) and not os.path.isdir(os.path.join(OUTFITS, "val")):
+    build_fashion_outfits(OUTFITS, num_train=N_TRAIN, num_test=N_TEST, num_val=N_VAL, seed=0,
                           source_dir=FASHION_MNIST, progress=False)
 if not BASE_MODEL:
     BASE_MODEL = os.path.join(WORK, "base_model")
-    if not is_model_dir(BASE_MODEL):
+    if not is_model_dir(BASE_MODEL):  # fitted on train, selected on val
         train(TrainConfig(image_size=IMAGE_SIZE, epochs=EPOCHS), os.path.join(OUTFITS, "train"),
-              os.path.join(OUTFITS, "test"), BASE_MODEL, verbose=2)
+              os.path.join(OUTFITS, "val"), BASE_MODEL, verbose=2)
 base = load_model_dir(BASE_MODEL)
 print(f"{BASE_MODEL}: {base.config.model}, {base.image_size}px, labels: {', '.join(base.vocab.labels)}")
 """),
     md("""
 ## 2. Your data set (CSV)
 
-The demo CSV: outfit scenes of the default data; every other one gets a yellow frame and the
+The demo CSVs: outfit scenes of the default data (train, val and test from its three
+splits, which share no Fashion-MNIST item); every other one gets a yellow frame and the
 new label `framed`, next to its outfit labels (keeping old labels in the new data stops the
 model from forgetting them).
 """),
@@ -324,25 +347,41 @@ def make_demo_csv(source_dir, out_dir, count, offset=0):
 
 if not CSV_TRAIN:
     demo = os.path.join(WORK, "demo_csv")
-    if not os.path.isfile(os.path.join(demo, "test", "labels.csv")):
-        n_demo = max(16, min(N_TRAIN, 400))
-        CSV_TRAIN = make_demo_csv(os.path.join(OUTFITS, "train"), os.path.join(demo, "train"), n_demo)
-        CSV_TEST = make_demo_csv(os.path.join(OUTFITS, "test"), os.path.join(demo, "test"),
-                                 max(8, min(N_TEST, 100)))
-    CSV_TRAIN = os.path.join(demo, "train", "labels.csv")
-    CSV_TEST = os.path.join(demo, "test", "labels.csv")
+    counts = {"train": max(16, min(N_TRAIN, 400)), "val": max(8, min(N_VAL, 100)),
+              "test": max(8, min(N_TEST, 100))}
+    for split, count in counts.items():
+        if not os.path.isfile(os.path.join(demo, split, "labels.csv")):
+            make_demo_csv(os.path.join(OUTFITS, split), os.path.join(demo, split), count)
+    CSV_TRAIN, CSV_VAL, CSV_TEST = (os.path.join(demo, s, "labels.csv")
+                                    for s in ("train", "val", "test"))
 
 with open(CSV_TRAIN) as f:
     print("".join(f.readlines()[:4]))
 """),
     code("""
+import subprocess
+import sys
+
 from cnnrnn_tf.data import convert_csv
 
 MY_DATA = os.path.join(WORK, "my_data")
-for split, path in (("train", CSV_TRAIN), ("test", CSV_TEST)):
-    if not os.path.isdir(os.path.join(MY_DATA, split)):
+for split, path in (("train", CSV_TRAIN), ("val", CSV_VAL), ("test", CSV_TEST)):
+    if path and not os.path.isdir(os.path.join(MY_DATA, split)):
         summary = convert_csv(path, os.path.join(MY_DATA, split), label_sep=LABEL_SEP)
         print(split, summary.written, "images")
+TRAIN_DIR, VAL_DIR, TEST_DIR = (os.path.join(MY_DATA, s) for s in ("train", "val", "test"))
+if not CSV_VAL:
+    # No val CSV: carve VAL_FRACTION of train off as the validation split (a stable hash of
+    # each record's id decides its side); fine-tuning then fits on the rest.
+    CARVED = os.path.join(MY_DATA, "carved")
+    if not os.path.isdir(os.path.join(CARVED, "val")):
+        done = subprocess.run([sys.executable, "-m", "cnnrnn_tf.cli", "data", "split",
+                               "--data", TRAIN_DIR, "--out", CARVED,
+                               "--val-fraction", str(VAL_FRACTION)], capture_output=True, text=True)
+        print(done.stdout + done.stderr)
+        if done.returncode:
+            raise RuntimeError("cnnrnn data split failed; see above")
+    TRAIN_DIR, VAL_DIR = os.path.join(CARVED, "train"), os.path.join(CARVED, "val")
 """),
     md("""
 ## 3. Fine-tune
@@ -354,13 +393,14 @@ the model learned and appends new labels after the old ones; here `reorder=True`
 label by its frequency in the new data (the paper's frequent-first order), because `framed` is
 on half of the images, and a frequent label that comes last in every training path is emitted
 only after all the others (with the default, the test saw it on 7 of 16 framed images).
+The epoch it keeps is chosen on the validation split; the test split is not read here.
 """),
     code("""
 from cnnrnn_tf.finetune import finetune
 
 TUNED = os.path.join(WORK, "tuned_model")
 if not is_model_dir(TUNED):
-    finetune(BASE_MODEL, os.path.join(MY_DATA, "train"), os.path.join(MY_DATA, "test"), TUNED,
+    finetune(BASE_MODEL, TRAIN_DIR, VAL_DIR, TUNED,
              epochs=FT_EPOCHS, batch_size=FT_BATCH_SIZE, learning_rate=FT_LEARNING_RATE,
              reorder=True, verbose=2)
 tuned = load_model_dir(TUNED)
@@ -372,7 +412,7 @@ print("new labels:", ", ".join(added) or "(none)")
 from cnnrnn_tf.evaluation import predict_dataset
 from cnnrnn_tf.metrics import format_table, multilabel_metrics, per_class_table
 
-TEST = os.path.join(MY_DATA, "test")
+TEST = TEST_DIR  # read for the first time: the model is final
 names = list(tuned.vocab.labels)
 preds = predict_dataset(tuned.model, tuned.vocab, TEST, tuned.image_size)
 metrics = multilabel_metrics(preds.y_true, preds.y_pred, preds.y_score, label_names=names)

@@ -65,3 +65,53 @@ def test_python_loop_decode_matches_in_graph_greedy(tiny_model_dir):
     images = tf.constant(np.random.RandomState(3).uniform(0, 255, (5, 32, 32, 3)), tf.float32)
     expected = model.decode(images, beam_size=1)["label_ids"].numpy()
     np.testing.assert_array_equal(python_loop_decode_function(model)(images), expected)
+
+
+def _benchmark_script(name):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    import importlib.util
+    import os
+    import sys
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    sys.path.insert(0, folder)  # attention.py imports shapes_csv beside it
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(folder, name + ".py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+def test_shapes_benchmark_splits_are_separate_draws(tmp_path):
+    """train, val and test come from streams of their own for one seed (before, any split
+    but train used the test stream, so a val split of the same seed repeated the test
+    scenes); train and test keep the streams they had."""
+    import csv
+
+    shapes = _benchmark_script("shapes_csv")
+    rows = {}
+    for split in ("train", "val", "test"):
+        with open(shapes.write_split(str(tmp_path), split, 12, seed=0, size=24)) as f:
+            rows[split] = [tuple(r) for r in csv.reader(f)][1:]
+        images = {(tmp_path / path).read_bytes() for path, _ in rows[split]}
+        rows[split + " images"] = images
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not rows[a + " images"] & rows[b + " images"], (a, b)
+        assert [labels for _, labels in rows[a]] != [labels for _, labels in rows[b]], (a, b)
+    rng = shapes.np.random.default_rng([0, 1])  # the test stream of 0.4.0
+    assert rows["test"][0][1] == "|".join(shapes.sample_labels(rng))
+
+
+def test_attention_benchmark_writes_each_data_set_in_its_own_block(tmp_path):
+    attention = _benchmark_script("attention")
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(f"# B\n\n{attention.BEGIN}\n\nto be re-run\n\n{attention.END}\n\nold table\n")
+    attention.write_sections(str(path), {"photo": "PHOTO 1"})
+    attention.write_sections(str(path), {"shapes": "SHAPES"})
+    attention.write_sections(str(path), {"photo": "PHOTO 2"})
+    text = path.read_text()
+    assert "PHOTO 2" in text and "SHAPES" in text and "PHOTO 1" not in text
+    assert text.index(attention.BEGIN) < text.index("PHOTO 2") < text.index("SHAPES") \
+        < text.index(attention.END) < text.index("old table")

@@ -29,6 +29,7 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 
 TINY_ENV = {
     "CNNRNN_NB_TRAIN": "96",
+    "CNNRNN_NB_VAL": "32",
     "CNNRNN_NB_TEST": "32",
     "CNNRNN_NB_EPOCHS": "1",
     "CNNRNN_NB_FT_EPOCHS": "6",
@@ -94,6 +95,8 @@ def test_quickstart_notebook(workdir, monkeypatch):
     assert "CNN-RNN on the test scenes" in text and "mAP" in text
     assert image_outputs(nb) == 3  # examples grid, per-class AP, co-occurrence
     assert os.path.isfile(workdir / "work" / "quickstart_model" / "model.keras")
+    # three splits: selected on val/, scored on test/
+    assert all((workdir / "work" / "outfits" / s).is_dir() for s in ("train", "val", "test"))
 
 
 def test_finetune_notebook_predicts_the_new_label(workdir, monkeypatch):
@@ -155,6 +158,9 @@ def colab_kernel(tmp_path, monkeypatch):
         "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Colab-like Python 3.12", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    # Colab has no PYTHONPATH into a checkout: with one (as when the suite runs from a
+    # worktree) the kernel would import cnnrnn_tf before its install cell ran.
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     # Offline, as tests must be: nothing from an index, and the checkout is built with the
     # base's setuptools (Colab has it) instead of one fetched for build isolation.
     monkeypatch.setenv("PIP_NO_INDEX", "1")
@@ -175,7 +181,7 @@ def test_finetune_notebook_as_colab_runs_it(workdir, tmp_path, monkeypatch):
     nb = run_notebook("02_finetune_keras.ipynb", tmp_path, monkeypatch, kernel_name="colab",
                       CNNRNN_NB_PACKAGE=f"{REPO}[report]",
                       # the fine-tune quality is checked above; here only that it all runs
-                      CNNRNN_NB_TRAIN="48", CNNRNN_NB_TEST="16", CNNRNN_NB_FT_EPOCHS="1", **env)
+                      CNNRNN_NB_TRAIN="48", CNNRNN_NB_VAL="16", CNNRNN_NB_TEST="16", CNNRNN_NB_FT_EPOCHS="1", **env)
     text = text_outputs(nb)
     m = re.search(r"cnnrnn_tf (\S+) from (\S+)", text)
     assert m and m.group(2).startswith(site), text[:3000]  # installed by the notebook's cell
