@@ -376,7 +376,8 @@ def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_
 
     The training data repeats: ``fit`` runs ``plan.steps_per_epoch`` steps per epoch from
     one iterator, so no iterator is destroyed and rebuilt between epochs. With a frozen
-    encoder (``frozen_encoder``) the batches carry its features, computed once.
+    encoder (``frozen_encoder``) the batches carry its features, computed here, before
+    ``fit``, on the strategy's devices (``cnnrnn_tf.features``), not in the input pipeline.
     """
     # batch_size is the global batch: the strategy splits it over all replicas; on several,
     # full batches only (a last partial one could leave a replica an empty batch).
