@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import dataclasses
+import functools
 import logging
 import json
 import shutil
@@ -131,8 +132,9 @@ def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
     if total_steps and config.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps, alpha=0.02)
     # --ema: the optimizer keeps a moving average of the weights (momentum 0.99);
-    # SwapEMAWeights (training_callbacks) validates and selects on it, and fit() ends
-    # with it in the model (Keras' finalize_variable_values), so it is what is exported.
+    # SwapEMAWeights (training_callbacks) validates and selects on it, with BatchNorm
+    # statistics recomputed for it (EMABatchNorm), and fit() ends with both in the model
+    # (Keras' finalize_variable_values; EarlyStopping's best weights), so they are exported.
     ema = dict(use_ema=True, ema_momentum=0.99) if config.ema else {}
     if config.optimizer == "adam":
         return keras.optimizers.Adam(lr, **ema)
@@ -460,16 +462,37 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = round(time.perf_counter() - self._start, 3)
 
 
+def ema_batch_norm_batches(config: TrainConfig, plan: TrainPlan, train_data, model):
+    """The training batches EMABatchNorm recomputes the EMA network's BatchNorm statistics
+    on: images (whatever the training batches carry), in file order, not augmented, so
+    every epoch's EMA weights see the same images; only the first few are read."""
+    return make_dataset(train_data, plan.vocab,
+                        mode="sequence" if model.decodes_sequences else "multi_hot",
+                        image_size=config.image_size, batch_size=config.batch_size,
+                        max_labels=plan.max_labels, rank=plan.rank, seed=config.seed,
+                        cache=False)
+
+
 def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
-                       verbose: int, decoded_ds=None) -> List[keras.callbacks.Callback]:
+                       verbose: int, decoded_ds=None,
+                       train_data=None) -> List[keras.callbacks.Callback]:
     """In this order (each epoch's logs pass through them in turn): the resume checkpoint
-    (raw weights), the EMA swap, decoded validation (adds val_f1 / val_map), TensorBoard,
-    early stopping with checkpoint selection on ``config.monitor``."""
+    (raw weights), the EMA swap with its BatchNorm statistics (recomputed on ``train_data``),
+    decoded validation (adds val_f1 / val_map), TensorBoard, early stopping with checkpoint
+    selection on ``config.monitor``."""
     callbacks: List[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(join(out_dir, BACKUP_DIR)),
     ]
     if config.ema:
+        from cnnrnn_tf.ema_batch_norm import EMABatchNorm
+
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        if train_data is None:
+            log.warning("--ema without the training data: the BatchNorm statistics stay "
+                        "those of the raw weights")
+        else:
+            callbacks.append(EMABatchNorm(functools.partial(
+                ema_batch_norm_batches, config, plan, train_data)))
     if decoded_ds is not None:
         from cnnrnn_tf.decoded_validation import DecodedValidation
 
@@ -498,9 +521,12 @@ def fit(model, config: TrainConfig, plan: TrainPlan, train_ds, eval_ds, out_dir:
     ``resume_from``: another backup folder to resume from (a non-chief worker, whose
     out_dir is temporary, resumes from the chief's: the weights of all workers are equal).
     ``decoded_ds``: the validation split for DecodedValidation (``--monitor val_f1|val_map``).
+    ``data_names``: the training and validation data as given to train(); the first also
+    feeds ``--ema``'s BatchNorm recomputation (``ema_batch_norm_batches``).
     """
     # The timer last: its epoch includes the other callbacks' epoch-end work (checkpoints).
-    callbacks = (training_callbacks(config, plan, out_dir, verbose, decoded_ds)
+    callbacks = (training_callbacks(config, plan, out_dir, verbose, decoded_ds,
+                                    train_data=data_names[0])
                  + list(extra_callbacks or []) + [EpochTimer()])
     backup = join(out_dir, BACKUP_DIR)
     if resume_from and resume_from != backup and _backup_epoch(resume_from) is not None:
