@@ -479,7 +479,10 @@ def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
     """In this order (each epoch's logs pass through them in turn): the resume checkpoint
     (raw weights), the EMA swap with its BatchNorm statistics (recomputed on ``train_data``),
     decoded validation (adds val_f1 / val_map), TensorBoard, early stopping with checkpoint
-    selection on ``config.monitor``."""
+    selection on ``config.monitor`` (its state kept beside the resume checkpoint, so a
+    resumed run keeps its best epoch, patience and best weights)."""
+    from cnnrnn_tf.resumable_early_stopping import ResumableEarlyStopping
+
     callbacks: List[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(join(out_dir, BACKUP_DIR)),
     ]
@@ -507,8 +510,9 @@ def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
     patience = early_stopping_patience(config, plan.epochs)
     if patience is not None:
         monitor = config.monitor if decoded_ds is not None else "val_loss"
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=monitor, mode="min" if monitor == "val_loss" else "max",
+        callbacks.append(ResumableEarlyStopping(
+            join(out_dir, BACKUP_DIR), monitor=monitor,
+            mode="min" if monitor == "val_loss" else "max",
             patience=patience, restore_best_weights=True, verbose=min(verbose, 1)))
     return callbacks
 
