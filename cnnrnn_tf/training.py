@@ -411,13 +411,18 @@ def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_
 
 def decoded_validation_dataset(config: TrainConfig, plan: TrainPlan, eval_data, model):
     """The validation split as DecodedValidation reads it (None unless --monitor needs it):
-    decoded images, or a frozen encoder's features computed once, cached per the plan."""
+    decoded images, or a frozen encoder's features computed once, cached per the plan. On
+    several workers, this worker's share of the records (``worker_shard``): each decodes
+    its part, and DecodedValidation gathers the predictions before scoring."""
+    from cnnrnn_tf.decoded_validation import worker_shard
+
     if config.monitor == "val_loss" or not config.early_stopping:
         return None
     return make_dataset(eval_data, plan.vocab, mode="eval", image_size=config.image_size,
                         batch_size=max(config.batch_size, 64), with_ids=True,
                         encoder=frozen_encoder(config, model),
-                        cache=cache_plan(config, plan, model)["eval"] == "memory")
+                        cache=cache_plan(config, plan, model)["eval"] == "memory",
+                        shard=worker_shard())
 
 
 def compile_model(model, config: TrainConfig, plan: TrainPlan, eval_ds, *,
@@ -497,11 +502,12 @@ def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
             callbacks.append(EMABatchNorm(functools.partial(
                 ema_batch_norm_batches, config, plan, train_data)))
     if decoded_ds is not None:
-        from cnnrnn_tf.decoded_validation import DecodedValidation
+        from cnnrnn_tf.decoded_validation import DecodedValidation, worker_shard
 
         callbacks.append(DecodedValidation(
             decoded_ds, beam_size=config.beam_size, calibrate=config.threshold is None,
-            threshold_metric=config.threshold_metric, per_class=config.per_class_threshold))
+            threshold_metric=config.threshold_metric, per_class=config.per_class_threshold,
+            sharded=worker_shard() is not None))
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(join(out_dir, LOG_DIR),
                                                      update_freq="epoch"))
