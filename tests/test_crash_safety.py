@@ -120,13 +120,15 @@ def test_training_killed_after_an_epoch_resumes_and_matches(tmp_path):
     schema.write_records(str(tmp_path / "test"), synthetic_records(32, seed=2))
     killed = tmp_path / "killed"
     meta = killed / "backup" / "training_metadata.json"
+    stopping_state = killed / "backup" / "early_stopping.json"
     proc = subprocess.Popen(_train_cmd(tmp_path, killed), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 400
         while time.time() < deadline and proc.poll() is None:
             try:
-                if json.loads(meta.read_text())["epoch"] >= 1:
+                if (json.loads(meta.read_text())["epoch"] >= 1
+                        and json.loads(stopping_state.read_text())["epoch"] >= 1):
                     break
             except (OSError, ValueError, KeyError):
                 pass
@@ -139,10 +141,10 @@ def test_training_killed_after_an_epoch_resumes_and_matches(tmp_path):
             proc.kill()
     done = json.loads(meta.read_text())["epoch"]
     assert 1 <= done < 4 and not (killed / "model.keras").exists()
-    # Early stopping's state is kept beside the resume checkpoint (a kill between the two
-    # writes leaves it one epoch behind).
-    stopping = json.loads((killed / "backup" / "early_stopping.json").read_text())
-    assert done - 1 <= stopping["epoch"] <= done and stopping["best_weights"]
+    # Early stopping's state is kept beside the resume checkpoint (written after it at each
+    # epoch end: a kill between the two writes leaves it one epoch behind).
+    stopping = json.loads(stopping_state.read_text())
+    assert max(1, done - 1) <= stopping["epoch"] <= done and stopping["best_weights"]
 
     resumed = subprocess.run(_train_cmd(tmp_path, killed), env=_env(), capture_output=True,
                              text=True, timeout=600)
