@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
@@ -213,6 +213,7 @@ def make_dataset(
     num_workers: int = 1,
     encoder=None,
     encode_batch_size: Optional[int] = None,
+    shard: Optional[Tuple[int, int]] = None,
 ) -> tf.data.Dataset:
     """Batches for Keras, built by the :class:`~cnnrnn_tf.preprocessor.Preprocessor`.
 
@@ -228,10 +229,15 @@ def make_dataset(
 
     ``cache``: True (or "memory") keeps the decoded examples in memory, a path caches them
     to that file, False / "none" re-decodes every epoch.
-    ``encoder``: a frozen image encoder (keras.Model): its features are computed once, in
-    batches of ``encode_batch_size`` (default ``batch_size``), ``encoder(images,
-    training=False)``, and cached instead of the images: the batches carry "features"
-    (the encoder's output, any rank) in place of "images". Not with ``augment``.
+    ``encoder``: a frozen image encoder (keras.Model): its features are computed once, when
+    this function is called, in batches of ``encode_batch_size`` (default ``batch_size``),
+    ``encoder(images, training=False)`` on the current strategy's devices
+    (:func:`cnnrnn_tf.features.compute_features`; call it inside ``strategy.scope()``), and
+    kept instead of the images: in memory, or streamed to the file ``cache`` names. The
+    batches carry "features" (the encoder's output, any rank) in place of "images". Not
+    with ``augment``.
+    ``shard``: (n, i): only every n-th record from the i-th on (each of n workers reads its
+    share of a split, before anything is decoded).
     ``augment`` (training only): True for colour jitter, or a
     :class:`~cnnrnn_tf.preprocessing.Augmentation`.
     ``batch_size`` is the global batch: a distribution strategy splits it over its replicas.
@@ -267,18 +273,21 @@ def make_dataset(
     else:  # file order: one shard after the other
         ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION,
                                      buffer_size=1 << 20)
+    if shard is not None:
+        ds = ds.shard(*shard)
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
     augmentation = augment if isinstance(augment, Augmentation) else Augmentation(color=bool(augment))
     augmenting = augmentation.active and training
     if encoder is not None and augmenting:
         raise ValueError("make_dataset: encoder (precomputed features) and augment exclude "
                          "each other")
-    if encoder is not None:  # images -> features, once, before the cache
-        ds = ds.map(lambda image, ids, image_id: (tf.cast(image, tf.float32), ids, image_id),
-                    num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = _encode(ds, encoder, encode_batch_size or batch_size)
     cache_file = cache if isinstance(cache, str) and cache not in ("memory", "none") else None
-    if cache_file is not None:
+    if encoder is not None:  # images -> features, now, on the strategy's devices
+        from cnnrnn_tf.features import compute_features
+
+        ds = compute_features(ds, encoder, encode_batch_size or batch_size,
+                              cache_file=cache_file)
+    elif cache_file is not None:
         ds = ds.cache(cache_file)
     elif cache is True or cache == "memory":
         ds = ds.cache()
@@ -319,15 +328,3 @@ def make_dataset(
         ds = ds.with_options(options)
     return _without_autotune_thread(ds.prefetch(AUTOTUNE))
 
-
-def _encode(ds: tf.data.Dataset, encoder, batch_size: int) -> tf.data.Dataset:
-    """(image float32, ids, id) examples -> (features, ids, id), the encoder run in batches.
-
-    The label ids have a length per image, so they travel as a ragged batch.
-    """
-    ds = ds.ragged_batch(batch_size)
-
-    def run(images, ids, image_ids):
-        return encoder(images, training=False), ids, image_ids
-
-    return ds.map(run, num_parallel_calls=1, deterministic=True).unbatch()

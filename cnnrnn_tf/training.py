@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import dataclasses
+import functools
 import logging
 import json
 import os
@@ -132,8 +133,9 @@ def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
     if total_steps and config.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps, alpha=0.02)
     # --ema: the optimizer keeps a moving average of the weights (momentum 0.99);
-    # SwapEMAWeights (training_callbacks) validates and selects on it, and fit() ends
-    # with it in the model (Keras' finalize_variable_values), so it is what is exported.
+    # SwapEMAWeights (training_callbacks) validates and selects on it, with BatchNorm
+    # statistics recomputed for it (EMABatchNorm), and fit() ends with both in the model
+    # (Keras' finalize_variable_values; EarlyStopping's best weights), so they are exported.
     ema = dict(use_ema=True, ema_momentum=0.99) if config.ema else {}
     if config.optimizer == "adam":
         return keras.optimizers.Adam(lr, **ema)
@@ -462,7 +464,8 @@ def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_
 
     The training data repeats: ``fit`` runs ``plan.steps_per_epoch`` steps per epoch from
     one iterator, so no iterator is destroyed and rebuilt between epochs. With a frozen
-    encoder (``frozen_encoder``) the batches carry its features, computed once.
+    encoder (``frozen_encoder``) the batches carry its features, computed here, before
+    ``fit``, on the strategy's devices (``cnnrnn_tf.features``), not in the input pipeline.
     """
     # batch_size is the global batch: the strategy splits it over all replicas; on several,
     # full batches only (a last partial one could leave a replica an empty batch).
@@ -494,13 +497,18 @@ def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_
 
 def decoded_validation_dataset(config: TrainConfig, plan: TrainPlan, eval_data, model):
     """The validation split as DecodedValidation reads it (None unless --monitor needs it):
-    decoded images, or a frozen encoder's features computed once, cached per the plan."""
+    decoded images, or a frozen encoder's features computed once, cached per the plan. On
+    several workers, this worker's share of the records (``worker_shard``): each decodes
+    its part, and DecodedValidation gathers the predictions before scoring."""
+    from cnnrnn_tf.decoded_validation import worker_shard
+
     if config.monitor == "val_loss" or not config.early_stopping:
         return None
     return make_dataset(eval_data, plan.vocab, mode="eval", image_size=config.image_size,
                         batch_size=max(config.batch_size, 64), with_ids=True,
                         encoder=frozen_encoder(config, model),
-                        cache=cache_plan(config, plan, model)["eval"] == "memory")
+                        cache=cache_plan(config, plan, model)["eval"] == "memory",
+                        shard=worker_shard())
 
 
 def compile_model(model, config: TrainConfig, plan: TrainPlan, eval_ds, *,
@@ -545,22 +553,47 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = round(time.perf_counter() - self._start, 3)
 
 
+def ema_batch_norm_batches(config: TrainConfig, plan: TrainPlan, train_data, model):
+    """The training batches EMABatchNorm recomputes the EMA network's BatchNorm statistics
+    on: images (whatever the training batches carry), in file order, not augmented, so
+    every epoch's EMA weights see the same images; only the first few are read."""
+    return make_dataset(train_data, plan.vocab,
+                        mode="sequence" if model.decodes_sequences else "multi_hot",
+                        image_size=config.image_size, batch_size=config.batch_size,
+                        max_labels=plan.max_labels, rank=plan.rank, seed=config.seed,
+                        cache=False)
+
+
 def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
-                       verbose: int, decoded_ds=None) -> List[keras.callbacks.Callback]:
+                       verbose: int, decoded_ds=None,
+                       train_data=None) -> List[keras.callbacks.Callback]:
     """In this order (each epoch's logs pass through them in turn): the resume checkpoint
-    (raw weights), the EMA swap, decoded validation (adds val_f1 / val_map), TensorBoard,
-    early stopping with checkpoint selection on ``config.monitor``."""
+    (raw weights), the EMA swap with its BatchNorm statistics (recomputed on ``train_data``),
+    decoded validation (adds val_f1 / val_map), TensorBoard, early stopping with checkpoint
+    selection on ``config.monitor`` (its state kept beside the resume checkpoint, so a
+    resumed run keeps its best epoch, patience and best weights)."""
+    from cnnrnn_tf.early_stopping import ResumableEarlyStopping
+
     callbacks: List[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(join(out_dir, BACKUP_DIR)),
     ]
     if config.ema:
+        from cnnrnn_tf.ema_batch_norm import EMABatchNorm
+
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        if train_data is None:
+            log.warning("--ema without the training data: the BatchNorm statistics stay "
+                        "those of the raw weights")
+        else:
+            callbacks.append(EMABatchNorm(functools.partial(
+                ema_batch_norm_batches, config, plan, train_data)))
     if decoded_ds is not None:
-        from cnnrnn_tf.decoded_validation import DecodedValidation
+        from cnnrnn_tf.decoded_validation import DecodedValidation, worker_shard
 
         callbacks.append(DecodedValidation(
             decoded_ds, beam_size=config.beam_size, calibrate=config.threshold is None,
-            threshold_metric=config.threshold_metric, per_class=config.per_class_threshold))
+            threshold_metric=config.threshold_metric, per_class=config.per_class_threshold,
+            sharded=worker_shard() is not None))
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(join(out_dir, LOG_DIR),
                                                      update_freq="epoch"))
@@ -568,11 +601,10 @@ def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
         log.warning("tensorboard is not installed: no TensorBoard logs in %s", out_dir)
     patience = early_stopping_patience(config, plan.epochs)
     if patience is not None:
-        from cnnrnn_tf.decoded_validation import TieBreakingEarlyStopping
-
         monitor = config.monitor if decoded_ds is not None else "val_loss"
-        callbacks.append(TieBreakingEarlyStopping(  # ties on a decoded metric: lower val_loss
-            monitor=monitor, mode="min" if monitor == "val_loss" else "max",
+        callbacks.append(ResumableEarlyStopping(
+            join(out_dir, BACKUP_DIR), monitor=monitor,
+            mode="min" if monitor == "val_loss" else "max",
             patience=patience, restore_best_weights=True, verbose=min(verbose, 1)))
     return callbacks
 
@@ -585,9 +617,12 @@ def fit(model, config: TrainConfig, plan: TrainPlan, train_ds, eval_ds, out_dir:
     ``resume_from``: another backup folder to resume from (a non-chief worker, whose
     out_dir is temporary, resumes from the chief's: the weights of all workers are equal).
     ``decoded_ds``: the validation split for DecodedValidation (``--monitor val_f1|val_map``).
+    ``data_names``: the training and validation data as given to train(); the first also
+    feeds ``--ema``'s BatchNorm recomputation (``ema_batch_norm_batches``).
     """
     # The timer last: its epoch includes the other callbacks' epoch-end work (checkpoints).
-    callbacks = (training_callbacks(config, plan, out_dir, verbose, decoded_ds)
+    callbacks = (training_callbacks(config, plan, out_dir, verbose, decoded_ds,
+                                    train_data=data_names[0])
                  + list(extra_callbacks or []) + [EpochTimer()])
     backup = join(out_dir, BACKUP_DIR)
     if resume_from and resume_from != backup and _backup_epoch(resume_from) is not None:

@@ -120,13 +120,15 @@ def test_training_killed_after_an_epoch_resumes_and_matches(tmp_path):
     schema.write_records(str(tmp_path / "test"), synthetic_records(32, seed=2))
     killed = tmp_path / "killed"
     meta = killed / "backup" / "training_metadata.json"
+    stopping_state = killed / "backup" / "early_stopping.json"
     proc = subprocess.Popen(_train_cmd(tmp_path, killed), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 400
         while time.time() < deadline and proc.poll() is None:
             try:
-                if json.loads(meta.read_text())["epoch"] >= 1:
+                if (json.loads(meta.read_text())["epoch"] >= 1
+                        and json.loads(stopping_state.read_text())["epoch"] >= 1):
                     break
             except (OSError, ValueError, KeyError):
                 pass
@@ -139,6 +141,10 @@ def test_training_killed_after_an_epoch_resumes_and_matches(tmp_path):
             proc.kill()
     done = json.loads(meta.read_text())["epoch"]
     assert 1 <= done < 4 and not (killed / "model.keras").exists()
+    # Early stopping's state is kept beside the resume checkpoint (written after it at each
+    # epoch end: a kill between the two writes leaves it one epoch behind).
+    stopping = json.loads(stopping_state.read_text())
+    assert max(1, done - 1) <= stopping["epoch"] <= done and stopping["best_weights"]
 
     resumed = subprocess.run(_train_cmd(tmp_path, killed), env=_env(), capture_output=True,
                              text=True, timeout=600)
@@ -162,6 +168,68 @@ def test_training_killed_after_an_epoch_resumes_and_matches(tmp_path):
     # from scratch with only 4 - done epochs or lost its weights (OF1 near 0.3 after 1 epoch).
     for key in ("OF1", "mAP"):
         assert abs(a[key] - b[key]) <= 0.15, (key, a[key], b[key])
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _fit_with_scores(backup, scores, epochs, interrupt_after=None):
+    """A tiny model fitted with BackupAndRestore and ResumableEarlyStopping on a logged
+    "score" that follows ``scores``; returns the model, its history and the callbacks' view
+    (the weights at each epoch end, early stopping's best epoch and stop)."""
+    import keras
+    import numpy as np
+
+    from cnnrnn_tf.early_stopping import ResumableEarlyStopping
+
+    class Score(keras.callbacks.Callback):
+        weights = {}
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["score"] = scores[epoch]
+            Score.weights[epoch] = [w.numpy() for w in self.model.weights]
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == interrupt_after:
+                raise _Interrupted
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    stopping = ResumableEarlyStopping(str(backup), monitor="score", mode="max", patience=2,
+                                      restore_best_weights=True)
+    x = np.random.RandomState(0).normal(size=(32, 4)).astype("float32")
+    history = model.fit(x, x.sum(axis=1), epochs=epochs, verbose=0, callbacks=[
+        keras.callbacks.BackupAndRestore(str(backup)), Score(), stopping, Interrupt()])
+    return model, history.history, Score.weights, stopping
+
+
+def test_early_stopping_state_survives_an_interrupted_run(tmp_path):
+    """Best score at epoch 1, patience 2. Straight through, training stops after epoch 3
+    and restores epoch 1's weights. Interrupted after epoch 2 and resumed, the resumed run
+    must do the same: without the saved state it would take epoch 3's lower score as its
+    best, train on to epoch 7 and keep later weights."""
+    import numpy as np
+
+    scores = [0.5, 0.9, 0.6, 0.7, 0.8, 0.95, 0.97, 0.99]
+    model, history, weights, stopping = _fit_with_scores(tmp_path / "a", scores, 8)
+    assert len(history["loss"]) == 4 and (stopping.best_epoch, stopping.stopped_epoch) == (1, 3)
+    straight = [w.numpy() for w in model.weights]
+    for a, b in zip(straight, weights[1]):
+        np.testing.assert_array_equal(a, b)
+
+    with pytest.raises(_Interrupted):
+        _fit_with_scores(tmp_path / "b", scores, 8, interrupt_after=2)
+    state = json.loads((tmp_path / "b" / "early_stopping.json").read_text())
+    assert state == {"epoch": 3, "best": 0.9, "wait": 1, "best_epoch": 1, "best_weights": True}
+    model, history, _, stopping = _fit_with_scores(tmp_path / "b", scores, 8)
+    assert len(history["loss"]) == 1  # epoch 3 only, then it stops
+    assert (stopping.best_epoch, stopping.stopped_epoch, stopping.best) == (1, 3, 0.9)
+    for a, b in zip(model.weights, straight):
+        np.testing.assert_array_equal(a.numpy(), b)
+    assert not (tmp_path / "b").exists()  # BackupAndRestore removes it, state included
 
 
 # ------------------------------------------------------------------ export

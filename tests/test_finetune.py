@@ -157,7 +157,7 @@ def _select(f1s, losses, patience=10, monitor="val_f1"):
     restores (each epoch's weights hold its index) and the number of epochs run."""
     import keras
 
-    from cnnrnn_tf.decoded_validation import TieBreakingEarlyStopping
+    from cnnrnn_tf.early_stopping import TieBreakingEarlyStopping
 
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
     callback = TieBreakingEarlyStopping(monitor=monitor, mode="min" if monitor == "val_loss"

@@ -130,14 +130,93 @@ def test_workers_share_the_global_batches(tiny_data):
     assert [int(x["images"].shape[0]) for x, _ in ds] == [16]  # 24 records: no partial batch
 
 
+def _two_workers_join(shards):
+    """join_shards on two simulated workers at once (threads; the all-reduce a sum over
+    what both contribute)."""
+    import threading
+
+    from cnnrnn_tf.decoded_validation import join_shards
+
+    barrier = threading.Barrier(2)
+    given, results = [{}, {}], [None, None]
+
+    def all_sum_for(rank):
+        def all_sum(x):
+            given[rank][len(given[rank])] = x
+            barrier.wait()
+            key = len(given[rank]) - 1
+            total = given[0][key] + given[1][key]
+            barrier.wait()
+            return total
+        return all_sum
+
+    def run(rank):
+        results[rank] = join_shards(shards[rank], rank, 2, all_sum_for(rank))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def _scores(preds, calibrate):
+    from cnnrnn_tf.calibration import choose_thresholds
+    from cnnrnn_tf.metrics import multilabel_metrics
+
+    y_pred = preds.y_pred
+    if calibrate:
+        _, per, _ = choose_thresholds(preds.y_true, preds.y_score, "OF1", True)
+        y_pred = (preds.y_score >= np.asarray(per)).astype(np.int32)
+    m = multilabel_metrics(preds.y_true, y_pred, preds.y_score, top_k=3)
+    return {k: m[k] for k in ("CF1", "OF1", "mAP")}
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_sharded_decoded_validation_scores_the_whole_split(calibrate):
+    """Two workers each decode every other record (tf.data shard); joined, their predictions
+    are the whole split's rows, so the thresholds, CF1 / OF1 and mAP equal the unsharded
+    ones exactly, where the mean of per-shard values does not."""
+    from cnnrnn_tf.evaluation import Predictions
+
+    rng = np.random.RandomState(0)
+    n, k = 37, 6
+    y_true = (rng.rand(n, k) < 0.35).astype(np.int32)
+    y_score = np.clip(0.6 * y_true + 0.7 * rng.rand(n, k), 0, 1).astype(np.float32)
+    y_pred = (y_score >= 0.5).astype(np.int32)
+    label_ids = np.where(rng.rand(n, 3) < 0.7, rng.randint(0, k, (n, 3)), -1).astype(np.int32)
+    whole = Predictions(y_true, y_pred, y_score, label_ids,
+                        rng.rand(n, 3).astype(np.float32), [str(i) for i in range(n)])
+
+    def rows(r):
+        return Predictions(*(a[r::2] for a in (y_true, y_pred, y_score, label_ids,
+                                                whole.scores)), whole.ids[r::2])
+
+    shards = [rows(0), rows(1)]
+    joined = _two_workers_join(shards)
+    for preds in joined:  # the same on both workers: worker 0's rows, then worker 1's
+        for name in ("y_true", "y_pred", "y_score", "label_ids", "scores"):
+            want = np.concatenate([getattr(shards[0], name), getattr(shards[1], name)])
+            np.testing.assert_array_equal(getattr(preds, name), want)
+            assert getattr(preds, name).dtype == want.dtype
+    expected = _scores(whole, calibrate)
+    assert _scores(joined[0], calibrate) == pytest.approx(expected, abs=1e-12)
+    per_shard = [_scores(s, calibrate) for s in shards]
+    averaged = {key: np.mean([m[key] for m in per_shard]) for key in expected}
+    assert max(abs(averaged[key] - expected[key]) for key in expected) > 1e-3
+
+
 # ------------------------------------------------------------------ two real workers
 WORKER_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, logging, sys
     import tensorflow as tf
     from cnnrnn_tf.config import TrainConfig
     from cnnrnn_tf.training import choose_strategy, train
 
     strategy = choose_strategy()  # from TF_CONFIG, before TensorFlow runs anything
+    logging.basicConfig()
+    logging.getLogger("cnnrnn_tf.decoded_validation").setLevel(logging.INFO)
     config = TrainConfig(**json.loads(sys.argv[4]))
     result = train(config, sys.argv[1], sys.argv[2], sys.argv[3], strategy=strategy, verbose=0)
     print("RESULT " + json.dumps({"history": result.history, "info": result.info,
@@ -206,6 +285,9 @@ def test_two_workers_on_localhost_train_like_one_process(tiny_data, tmp_path):
     histories = [{k: v for k, v in r["history"].items() if k != "epoch_seconds"}
                  for r in results]
     assert histories[0] == histories[1] and "val_f1" in histories[0]
+    # Each worker decoded its half of the 24 validation images and scored all 24.
+    for _, _, stderr in outputs:
+        assert "decoded 12 of 24 validation images on this worker" in stderr, stderr[-2000:]
     assert results[1]["metrics"] is None  # evaluation: on the chief only
 
     # The chief alone wrote one MODEL_DIR; the other worker left nothing behind.

@@ -1,6 +1,10 @@
 """The training-speed choices: XLA per device, steps per execution, the input cache,
 label_counts.json instead of a label scan, and a frozen encoder's features computed once."""
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -13,6 +17,8 @@ from cnnrnn_tf.dataset import (LABEL_COUNTS_FILE, choose_cache, make_dataset, re
                                resolve_files, scan_labels)
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.training import choose_jit_compile, choose_steps_per_execution
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_jit_compile_per_device():
@@ -214,3 +220,62 @@ def test_train_caches_frozen_features_on_disk_and_cleans_up(tiny_data, tmp_path,
     assert len(result.history["epoch_seconds"]) == 2
     # the decoded validation runs on the cached features too (the decoder only, per epoch)
     assert "features" in seen["decoded_keys"] and len(result.history["val_f1"]) == 2
+
+
+FEATURES_ON_DEVICES = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import numpy as np
+    from cnnrnn_tf import features
+    from cnnrnn_tf.dataset import make_dataset, scan_labels
+    from tests.test_training_speed import _frozen_encoder
+
+    seen = {"eager": [], "devices": []}
+    original = features.encode_batches
+
+    def spy(batches, encoder, devices=None):
+        seen["eager"].append(tf.executing_eagerly())  # a tf.data map would trace a graph
+        for item in original(batches, encoder, devices):
+            seen["devices"].append(item[0].device)
+            yield item
+
+    features.encode_batches = spy
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    vocab = scan_labels(sys.argv[1]).vocabulary()
+    with strategy.scope():
+        encoder = _frozen_encoder()
+        ds = make_dataset(sys.argv[1], vocab, mode="eval", image_size=32, batch_size=8,
+                          with_ids=True, encoder=encoder)
+    plain = make_dataset(sys.argv[1], vocab, mode="eval", image_size=32, batch_size=8,
+                         with_ids=True)
+    errors = [float(np.max(np.abs(x["features"].numpy()
+                                  - encoder(p["images"], training=False).numpy())))
+              for (x, _), (p, _) in zip(ds, plain)]
+    print("RESULT " + json.dumps({"eager": seen["eager"], "devices": seen["devices"],
+                                  "error": max(errors), "batches": len(errors)}))
+""")
+
+
+@pytest.mark.slow
+def test_frozen_features_are_computed_on_the_strategys_devices(tmp_path):
+    """Under a two-device MirroredStrategy, make_dataset(encoder=...) computes the features
+    before it returns (eagerly, not in a tf.data map), on both devices in turn, and they
+    equal the encoder's own output for the same images, in order."""
+    from tests.conftest import synthetic_records
+
+    schema.write_records(str(tmp_path / "d"), synthetic_records(24, seed=4))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", FEATURES_ON_DEVICES, str(tmp_path / "d")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines()
+                             if line.startswith("RESULT "))[7:])
+    assert result["eager"] == [True]
+    assert [d.rsplit(":", 2)[-2:] for d in result["devices"]] == [["CPU", "0"], ["CPU", "1"],
+                                                                    ["CPU", "0"]]
+    assert result["batches"] == 3 and result["error"] < 1e-5
