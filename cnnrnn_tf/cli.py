@@ -12,6 +12,7 @@ import os
 import sys
 from typing import List, Optional
 
+from cnnrnn_tf import progress
 from cnnrnn_tf.errors import InputError
 
 
@@ -154,7 +155,8 @@ def cmd_evaluate(args) -> int:
 
     loaded = load_model_dir(args.model)
     results = evaluate_model(loaded.model, loaded.vocab, args.data, loaded.image_size,
-                             beam_size=args.beam_size, batch_size=args.batch_size)
+                             beam_size=args.beam_size, batch_size=args.batch_size,
+                             progress=progress.wanted(args))
     if args.json:
         print(json.dumps(results, sort_keys=True))
     else:
@@ -181,14 +183,20 @@ def cmd_predict(args) -> int:
 
     predictor = Predictor.from_model_dir(args.model, beam_size=args.beam_size,
                                          attention=args.attention)
-    for result in predictor.predict_files(args.images, batch_size=args.batch_size):
-        if args.json:
-            print(json.dumps(result, ensure_ascii=False), flush=True)
-        else:
-            labels = ", ".join(f"{x['label']} ({x['score']:.2f}{_attention_peak(x)})"
-                               for x in result["labels"])
-            print(f"{result['image']}: {labels or '(no labels)'}", flush=True)
+    with progress.progress_bar(progress.wanted(args), total=len(args.images)) as bar:
+        for result in predictor.predict_files(args.images, batch_size=args.batch_size):
+            _print_prediction(result, args.json)
+            bar.update(1)
     return 0
+
+
+def _print_prediction(result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+    else:
+        labels = ", ".join(f"{x['label']} ({x['score']:.2f}{_attention_peak(x)})"
+                           for x in result["labels"])
+        print(f"{result['image']}: {labels or '(no labels)'}", flush=True)
 
 
 def cmd_export(args) -> int:
@@ -205,7 +213,8 @@ def cmd_export(args) -> int:
 def cmd_report(args) -> int:
     from cnnrnn_tf.report import write_report
 
-    path = write_report(args.model, args.data, args.out, beam_size=args.beam_size)
+    path = write_report(args.model, args.data, args.out, beam_size=args.beam_size,
+                        progress=progress.wanted(args))
     print(f"report written to {path}")
     return 0
 
@@ -264,6 +273,11 @@ def build_parser() -> Parser:
 
     parser = Parser(prog="cnnrnn", description="CNN-RNN multi-label image classification.")
     parser.add_argument("--version", action="version", version=f"cnnrnn-tf {__version__}")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="error",
+                        help="what TensorFlow, absl and the libraries log on stderr: 'error' "
+                             "(default) hides their start-up chatter, whatever "
+                             "TF_CPP_MIN_LOG_LEVEL says; 'info' and 'debug' show it "
+                             "(CNNRNN_DEBUG=1 also shows it, with tracebacks)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
@@ -303,23 +317,25 @@ def build_parser() -> Parser:
                    help="salt of the hash: the same data and seed give the same split")
     p.set_defaults(func=cmd_data_split)
     p = dsub.add_parser("from-csv", help="CSV with columns image,labels")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--label-sep", type=label_sep, default="|")
+    p.add_argument("--csv", required=True, help="CSV file with the columns image,labels")
+    p.add_argument("--out", required=True, help="output folder (local, s3:// or gs://)")
+    p.add_argument("--label-sep", type=label_sep, default="|",
+                   help="separator between the labels of one image (default |)")
     add_writing_flags(p)
     p.set_defaults(func=cmd_data_csv)
     p = dsub.add_parser("from-coco", help="MS-COCO instances JSON + image folder")
-    p.add_argument("--annotations", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--annotations", required=True, help="COCO instances JSON file")
+    p.add_argument("--images", required=True, help="folder of the images the JSON names")
+    p.add_argument("--out", required=True, help="output folder (local, s3:// or gs://)")
     p.add_argument("--keep-empty", action="store_true",
                    help="keep images without annotations (they get no labels)")
     add_writing_flags(p)
     p.set_defaults(func=cmd_data_coco)
     p = dsub.add_parser("from-voc", help="Pascal VOC folder")
-    p.add_argument("--root", required=True)
-    p.add_argument("--split", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--root", required=True, help="VOC root (holds Annotations/, JPEGImages/, ImageSets/)")
+    p.add_argument("--split", required=True,
+                   help="image set under ImageSets/Main (e.g. train, val, trainval, test)")
+    p.add_argument("--out", required=True, help="output folder (local, s3:// or gs://)")
     p.add_argument("--difficult", action="store_true", help="include 'difficult' objects")
     add_writing_flags(p)
     p.set_defaults(func=cmd_data_voc)
@@ -418,47 +434,59 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a MODEL_DIR on a data folder")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--beam-size", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--per-class", action="store_true")
+    p.add_argument("--model", required=True, help="MODEL_DIR written by cnnrnn train")
+    p.add_argument("--data", required=True, help="data folder of TFRecord shards")
+    p.add_argument("--beam-size", type=positive_int, default=None,
+                   help="beam width of the decoding (default: the model's)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
+    p.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
+    p.add_argument("--per-class", action="store_true", help="also a table per label")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (shown on stderr when it is a terminal)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="label sets for image files")
-    p.add_argument("--model", required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--model", required=True, help="MODEL_DIR written by cnnrnn train")
+    p.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     p.add_argument("--attention", action="store_true",
                    help="--decoder attention models: with --json, each label's attention map "
                         "(an h x w grid of weights that sums to 1) under 'attention'")
-    p.add_argument("--beam-size", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--beam-size", type=positive_int, default=None,
+                   help="beam width of the decoding (default: the model's)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (shown on stderr when it is a terminal)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write the SavedModel of a MODEL_DIR")
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--beam-size", type=positive_int, default=None)
+    p.add_argument("--model", required=True, help="MODEL_DIR written by cnnrnn train")
+    p.add_argument("--out", required=True, help="output folder (local, s3:// or gs://)")
+    p.add_argument("--beam-size", type=positive_int, default=None,
+                   help="beam width of the decoding (default: the model's)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="plots and a report.md for a MODEL_DIR on a data folder")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True, help="MODEL_DIR written by cnnrnn train")
+    p.add_argument("--data", required=True, help="data folder of TFRecord shards")
     p.add_argument("--out", required=True, help="REPORT_DIR to write (report.md + PNG plots)")
-    p.add_argument("--beam-size", type=positive_int, default=None)
+    p.add_argument("--beam-size", type=positive_int, default=None,
+                   help="beam width of the decoding (default: the model's)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (shown on stderr when it is a terminal)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("benchmark", help="inference speed of a MODEL_DIR: encoder vs full decode")
-    p.add_argument("--model", required=True)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--beam-size", type=positive_int, default=None)
-    p.add_argument("--repeats", type=positive_int, default=20)
-    p.add_argument("--warmup", type=non_negative_int, default=3)
+    p.add_argument("--model", required=True, help="MODEL_DIR written by cnnrnn train")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch")
+    p.add_argument("--beam-size", type=positive_int, default=None,
+                   help="beam width of the decoding (default: the model's)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed batches")
+    p.add_argument("--warmup", type=non_negative_int, default=3,
+                   help="untimed batches first (tracing, caches)")
     p.add_argument("--python-loop", action="store_true",
                    help="also time a greedy decode whose loop runs in Python")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     p.set_defaults(func=cmd_benchmark)
 
     # The pipeline's ExampleGen always makes train / eval / test (cnnrnn_pipeline.example_gen).
@@ -477,7 +505,8 @@ def build_parser() -> Parser:
                    help=data_help.format(where="local, s3:// or gs://"))
     p.add_argument("--pipeline-root", required=True, help="artifacts (local, s3:// or gs://)")
     p.add_argument("--serving-dir", required=True, help="pushes to SERVING_DIR/MODEL_NAME/VERSION")
-    p.add_argument("--model-name", default="cnnrnn")
+    p.add_argument("--model-name", default="cnnrnn",
+                   help="the served model's name (SERVING_DIR/MODEL_NAME/VERSION)")
     p.add_argument("--metadata-path", default=None, metavar="FILE",
                    help="the local ML Metadata SQLite file (default PIPELINE_ROOT/metadata.sqlite;"
                         " required when PIPELINE_ROOT is s3:// or gs://)")
@@ -504,7 +533,8 @@ def build_parser() -> Parser:
                    help="a Beam pipeline argument, e.g. --beam-arg=--direct_num_workers=2")
     p.set_defaults(func=cmd_pipeline_run)
     p = psub.add_parser("compile", help="compile the pipeline for an orchestrator")
-    p.add_argument("--runner", choices=("kubeflow-v2",), required=True)
+    p.add_argument("--runner", choices=("kubeflow-v2",), required=True,
+                   help="the orchestrator to compile for")
     p.add_argument("--image", required=True, help="container image with this package installed")
     p.add_argument("--output", required=True, help="the pipeline definition JSON to write")
     p.add_argument("--pipeline-root", required=True, help="gs:// or s3:// URI")
@@ -512,7 +542,8 @@ def build_parser() -> Parser:
                    help=data_help.format(where="gs:// or s3://; the data_root runtime parameter"))
     p.add_argument("--serving-dir", required=True,
                    help="gs:// or s3:// serving base (in the push_destination runtime parameter)")
-    p.add_argument("--model-name", default="cnnrnn")
+    p.add_argument("--model-name", default="cnnrnn",
+                   help="the served model's name (SERVING_DIR/MODEL_NAME/VERSION)")
     p.add_argument("--gpus", type=non_negative_int, default=0,
                    help="GPUs the Trainer requests")
     p.add_argument("--gpu-type", default=None,
@@ -535,32 +566,82 @@ def build_parser() -> Parser:
     add_serving_commands(sub, Parser)
 
     p = sub.add_parser("main-job", help="the README's main job (what 'make run' calls)")
-    p.add_argument("--work-dir", default="runs/default")
-    p.add_argument("--train", type=positive_int, default=None)
-    p.add_argument("--test", type=positive_int, default=None)
-    p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--work-dir", default="runs/default",
+                   help="data, pipeline, models and report go here")
+    p.add_argument("--train", type=positive_int, default=None,
+                   help="train scenes when the job builds its data (default 10000)")
+    p.add_argument("--test", type=positive_int, default=None,
+                   help="val and test scenes each, when the job builds its data (default 2000)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="training epochs (default: chosen from the training set size)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="data and training seed")
     p.set_defaults(func=cmd_main_job)
     return parser
 
 
-def _quiet_startup() -> None:
-    """TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notes) hides the real output.
+# TensorFlow's C++ log threshold per --log-level (3 hides its errors too: the CUDA probe's
+# "Unable to register cuDNN factory" lines are errors on a machine without a GPU).
+LOG_LEVELS = ("error", "info", "debug")
+_TF_CPP_LEVEL = {"error": "3", "info": "1", "debug": "0"}
 
-    Users can still set TF_CPP_MIN_LOG_LEVEL themselves; errors reach them as
-    Python exceptions, which this CLI turns into one-line messages.
+
+def _quiet_startup(level: str = "error") -> None:
+    """TensorFlow's and absl's start-up chatter (CUDA probes, oneDNN notes, deprecations)
+    hides the real output: off unless ``--log-level`` or ``CNNRNN_DEBUG=1`` asks for it.
+
+    Errors reach the user as Python exceptions, which this CLI turns into one-line messages.
+    Call before TensorFlow is imported (the C++ level is read once, at import).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import logging
     import warnings
 
-    warnings.filterwarnings("ignore", category=FutureWarning, module="google")
+    if os.environ.get("CNNRNN_DEBUG") and level == "error":
+        level = "debug"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = _TF_CPP_LEVEL[level]
+    python_level = {"error": logging.ERROR, "info": logging.INFO, "debug": logging.DEBUG}[level]
+    for name in ("tensorflow", "absl", "apache_beam", "tfx"):
+        logging.getLogger(name).setLevel(python_level)
+    if level == "error":
+        warnings.filterwarnings("ignore", category=FutureWarning, module="google")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+# The local input paths of each command, checked before anything heavy is imported, so a
+# mistyped path answers at once: (argument, what it is). URIs and glob patterns are left
+# to the command itself.
+def _local_inputs():
+    model = ("model", "model folder")
+    return {
+        cmd_train: (("train", "data folder"), ("eval", "data folder"), ("test", "data folder")),
+        cmd_evaluate: (model, ("data", "data folder")),
+        cmd_report: (model, ("data", "data folder")),
+        cmd_predict: (model,),
+        cmd_export: (model,),
+        cmd_benchmark: (model,),
+        cmd_data_split: (("data", "data folder"),),
+        cmd_data_csv: (("csv", "CSV file"),),
+        cmd_data_coco: (("annotations", "annotation file"), ("images", "image folder")),
+        cmd_data_voc: (("root", "VOC root folder"),),
+    }
+
+
+def check_local_inputs(args) -> None:
+    """InputError naming the first local input path of ``args`` that does not exist."""
+    for name, what in _local_inputs().get(getattr(args, "func", None), ()):
+        value = getattr(args, name, None)
+        if not isinstance(value, str) or not value or "://" in value \
+                or any(c in value for c in "*?["):
+            continue
+        if not os.path.exists(value):
+            raise InputError(f"{value}: {what} does not exist")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    _quiet_startup()
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_startup(args.log_level)
     try:
+        check_local_inputs(args)
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from cnnrnn_tf.dataset import make_dataset, scan_labels
+from cnnrnn_tf.progress import progress_bar
 from cnnrnn_tf.vocabulary import LabelVocabulary
 
 
@@ -58,15 +59,19 @@ class Predictions:
 
 
 def predict_dataset(model, vocab: LabelVocabulary, data, image_size: int,
-                    beam_size: Optional[int] = None, batch_size: int = 64) -> Predictions:
+                    beam_size: Optional[int] = None, batch_size: int = 64,
+                    progress: bool = False, total: Optional[int] = None) -> Predictions:
+    """``progress``: a bar on stderr (:mod:`cnnrnn_tf.progress`) over ``total`` images."""
     ds = make_dataset(data, vocab, mode="eval", image_size=image_size, batch_size=batch_size,
                       cache=False, with_ids=True)
-    return predict_batches(decode_function(model, beam_size), ds, data)
+    with progress_bar(progress, total=total) as bar:
+        return predict_batches(decode_function(model, beam_size), ds, data, bar=bar)
 
 
-def predict_batches(fn, ds, data="the data") -> Predictions:
+def predict_batches(fn, ds, data="the data", bar=None) -> Predictions:
     """Runs ``fn`` (:func:`decode_function`) over an "eval" mode dataset (with ids): on its
-    "images", or on its "features" when the dataset computed them (``from_features``)."""
+    "images", or on its "features" when the dataset computed them (``from_features``).
+    ``bar``: a progress bar, advanced by each batch's images."""
     parts: Dict[str, list] = {k: [] for k in ("y_true", "label_ids", "scores", "prob", "ids")}
     try:
         for features, y in ds:
@@ -76,6 +81,8 @@ def predict_batches(fn, ds, data="the data") -> Predictions:
             parts["scores"].append(out["scores"].numpy())
             parts["prob"].append(out["probabilities"].numpy())
             parts["ids"].extend(v.decode("utf-8", "replace") for v in features["id"].numpy())
+            if bar is not None:
+                bar.update(int(y.shape[0]))
     except tf.errors.InvalidArgumentError as exc:  # e.g. a record whose image is corrupt
         from cnnrnn_tf.errors import InputError
 
@@ -93,7 +100,7 @@ def predict_batches(fn, ds, data="the data") -> Predictions:
 
 def evaluate_model(model, vocab: LabelVocabulary, data, image_size: int,
                    beam_size: Optional[int] = None, batch_size: int = 64,
-                   stats=None) -> Dict[str, Any]:
+                   stats=None, progress: bool = False) -> Dict[str, Any]:
     """The metric dict of ``cnnrnn_tf.metrics.multilabel_metrics`` plus data notes.
 
     ``stats``: the ``LabelStats`` of ``data`` when already known (training passes the
@@ -113,7 +120,8 @@ def evaluate_model(model, vocab: LabelVocabulary, data, image_size: int,
         raise InputError(f"{data}: no record carries a label the model knows "
                          f"(unknown labels: {shown or 'none, the records have no labels'}); "
                          "metrics need the model's labels")
-    preds = predict_dataset(model, vocab, data, image_size, beam_size, batch_size)
+    preds = predict_dataset(model, vocab, data, image_size, beam_size, batch_size,
+                            progress=progress, total=stats.num_examples)
     results = multilabel_metrics(preds.y_true, preds.y_pred, preds.y_score, top_k=3,
                                  label_names=list(vocab.labels))
     results["unknown_labels"] = unknown

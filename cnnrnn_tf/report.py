@@ -502,9 +502,10 @@ def _prepare_out_dir(out_dir: str) -> None:
 
 
 def write_report(model_dir: str, data_dir: str, out_dir: str, beam_size: Optional[int] = None,
-                 num_examples: int = 16, pr_labels: int = 6) -> str:
+                 num_examples: int = 16, pr_labels: int = 6, progress: bool = False) -> str:
     """Evaluates MODEL_DIR on ``data_dir`` and writes REPORT_DIR ``out_dir``.
 
+    ``progress``: a progress bar on stderr while the model runs over the data.
     Returns the path of ``report.md``. Replaces a report written earlier to
     ``out_dir``; refuses (InputError) any other existing non-empty folder.
     """
@@ -518,15 +519,15 @@ def write_report(model_dir: str, data_dir: str, out_dir: str, beam_size: Optiona
     _prepare_out_dir(out_dir)
     loaded = load_model_dir(model_dir)
     beam = int(beam_size or loaded.config.beam_size)
+    stats = scan_labels(data_dir, require_labels=False)
     preds = predict_dataset(loaded.model, loaded.vocab, data_dir, loaded.image_size,
-                            beam_size=beam)
+                            beam_size=beam, progress=progress, total=stats.num_examples)
     names = list(loaded.vocab.labels)
     if not preds.y_true.any():
         raise InputError(f"{data_dir}: no image has a label the model knows; nothing to score")
     results = multilabel_metrics(preds.y_true, preds.y_pred, preds.y_score, top_k=3,
                                  label_names=names)
     known = set(names)
-    stats = scan_labels(data_dir, require_labels=False)
     results["unknown_labels"] = sorted(x for x in stats.label_counts if x not in known)
     results["mean_true_labels"] = float(preds.y_true.sum(1).mean())
     results["mean_predicted_labels"] = float(preds.y_pred.sum(1).mean())
