@@ -370,6 +370,27 @@ def test_attention_maps_need_the_attention_decoder():
         TrainConfig(model="bce", decoder="attention")
 
 
+def test_random_frozen_backbone_is_refused_by_the_config():
+    """weights="none" without fine_tune: a pretrained backbone would stay frozen at random
+    weights. small-cnn always trains from scratch, so "none" is harmless there; a loaded
+    model rebuilds its frozen encoder without the pretrained weights (pretrained=False)."""
+    from cnnrnn_tf.config import TrainConfig
+    from cnnrnn_tf.errors import InputError
+    from cnnrnn_tf.models import build_model
+
+    for backbone in ("vgg16", "resnet50", "efficientnet-lite0"):
+        with pytest.raises(InputError, match="--no-pretrained-weights without --fine-tune"):
+            TrainConfig(backbone=backbone, weights="none")
+        with pytest.raises(InputError, match="--fine-tune"):
+            TrainConfig(backbone=backbone).replace(weights="none")
+        assert TrainConfig(backbone=backbone, weights="none", fine_tune=True).fine_tune
+    assert TrainConfig(weights="none").backbone == "small-cnn"
+    assert TrainConfig().weights == "default"
+    frozen = TrainConfig(model="bce", backbone="efficientnet-lite0", image_size=32)
+    model = build_model(frozen, 3, 2, pretrained=False)  # no weights file read
+    assert not model.encoder.trainable_weights
+
+
 def test_smoothed_sequence_crossentropy():
     """e = 0 is Keras' masked sparse cross-entropy (the mean over the batch's real steps);
     e > 0 spreads e over the tokens the step can emit only (masked logits get none, so the
