@@ -149,9 +149,12 @@ class CNNRNN(MultiLabelModel):
 
         The label-head loss needs ``inputs["label_set"]``; the training and validation
         steps add it to the sequence loss (``cnnrnn_tf.orderless.train_step``), so
-        val_loss is the loss optimised. It is not an ``add_loss``: under MirroredStrategy
-        the replicas share the model's list of added losses, and one replica's step
-        could lose or take another's (two replicas logged half the label-head loss).
+        val_loss is the loss optimised. It is not an ``add_loss``: the replicas of a
+        MirroredStrategy share the model's list of added losses, and their threads take
+        turns at every cross-replica point of the call (the small CNN's synchronized
+        BatchNormalization), so one replica's step could take another's loss; and the
+        eager build before ``fit`` left its value in ``model.losses``, added to every
+        loss of the PLA / MLA steps, which call the model's parts, not the model.
         """
         features = self.encode(inputs, training=training)
         logits = self.decoder(features, inputs["label_inputs"], training=training)
