@@ -152,9 +152,10 @@ class CNNRNN(MultiLabelModel):
         val_loss is the loss optimised. It is not an ``add_loss``: the replicas of a
         MirroredStrategy share the model's list of added losses, and their threads take
         turns at every cross-replica point of the call (the small CNN's synchronized
-        BatchNormalization), so one replica's step could take another's loss; and the
-        eager build before ``fit`` left its value in ``model.losses``, added to every
-        loss of the PLA / MLA steps, which call the model's parts, not the model.
+        BatchNormalization), so one replica's step could take another's loss; and an
+        eager build that nothing rebuilds before ``fit`` (``compile_model`` on several
+        workers) left its value in ``model.losses``, added to every loss of the PLA /
+        MLA steps, which call the model's parts, not the model.
         """
         features = self.encode(inputs, training=training)
         logits = self.decoder(features, inputs["label_inputs"], training=training)
