@@ -226,6 +226,12 @@ def teacher_forced_forward(model, x, y, training):
     return logits, y, aux
 
 
+def plain_forward(model, x, y, training):
+    """A per-label model's pass (BCE / ASL): (logits, the targets, 0), for the same steps,
+    so that it counts its validation batches as CNN-RNN does (see :func:`_track`)."""
+    return model(x, training=training), y, 0.0
+
+
 def _unpack(data):
     return keras.utils.unpack_x_y_sample_weight(data)
 
@@ -248,7 +254,7 @@ def _loss(model, x, y, sample_weight, training, forward=forward):
     loss = model.compute_loss(x=x, y=aligned, y_pred=logits, sample_weight=sample_weight,
                               training=training)
     replicas = _replicas()
-    if replicas > 1 and sample_weight is None:
+    if replicas > 1 and sample_weight is None and model.decodes_sequences:
         steps = ops.sum(ops.cast(ops.not_equal(aligned, PAD_TARGET), "float32"))
         total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
                                                                steps)
@@ -263,7 +269,8 @@ def _track(model, y, loss):
     The batch size is counted after the loss is computed: with full batches only (several
     replicas) it is a constant of the graph, and a step whose input has run out (the end
     of a validation split of unknown length) still added it, though not its loss: two
-    replicas logged val_loss 2.15 where one device logged 2.50.
+    replicas logged val_loss 2.15 where one device logged 2.50 (Keras' own test_step
+    does the same: BCE 0.553 against 0.727).
     """
     with tf.control_dependencies([loss]):
         count = tf.identity(tf.shape(y)[0])

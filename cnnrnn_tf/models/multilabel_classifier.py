@@ -41,6 +41,18 @@ class MultiLabelClassifier(MultiLabelModel):
     def call(self, inputs, training=None):
         return self.logits(self.encode(inputs, training=training), training=training)
 
+    def train_step(self, data):
+        from cnnrnn_tf import orderless
+
+        return orderless.train_step(self, data, forward=orderless.plain_forward)
+
+    def test_step(self, data):
+        # Keras' own step counted a graph-constant batch size, also for the exhausted
+        # last step of a validation split: val_loss under two replicas was 24% low.
+        from cnnrnn_tf import orderless
+
+        return orderless.test_step(self, data, forward=orderless.plain_forward)
+
     def logits(self, features, training=None):
         return ops.cast(self.classifier(self.dropout(features, training=training)), "float32")
 
