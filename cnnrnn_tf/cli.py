@@ -426,7 +426,8 @@ def build_parser() -> Parser:
                         "CF1 and OF1, default), mAP, or the teacher-forced loss")
     p.add_argument("--fine-tune", action="store_true", help="train a pretrained encoder too")
     p.add_argument("--no-pretrained-weights", action="store_true",
-                   help="random init for vgg16/resnet50/efficientnet-lite0")
+                   help="random init for vgg16/resnet50/efficientnet-lite0 (needs --fine-tune: "
+                        "a frozen random backbone learns nothing)")
     p.add_argument("--mixed-precision", action="store_true")
     p.add_argument("--verbose", type=non_negative_int, default=None, choices=(0, 1, 2),
                    help="Keras fit verbosity: 1 a progress bar, 2 one line per epoch "

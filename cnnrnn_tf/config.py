@@ -139,6 +139,13 @@ class TrainConfig:
         if not (0.0 <= float(self.label_smoothing) < 0.5):
             raise InputError(f"--label-smoothing: {self.label_smoothing} is not in [0, 0.5)")
         _choice("--monitor", self.monitor, MONITORS)
+        if self.weights in (None, "none") and not self.fine_tune and self.backbone != "small-cnn":
+            # A pretrained backbone is frozen unless fine-tuned: without its weights it
+            # would stay at its random initialisation. small-cnn has no pretrained weights
+            # (it always trains from scratch), so "none" changes nothing there.
+            raise InputError(f"--no-pretrained-weights without --fine-tune: the {self.backbone} "
+                             f"backbone would stay frozen at its random initialisation; add "
+                             f"--fine-tune to train it, or drop --no-pretrained-weights")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
             raise InputError("--patience: must be >= 0")
 

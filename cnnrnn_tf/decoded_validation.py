@@ -66,12 +66,14 @@ class DecodedValidation(keras.callbacks.Callback):
                      len(preds.y_true))
         y_pred = preds.y_pred
         if self.model.thresholded and self.calibrate:
-            from cnnrnn_tf.calibration import choose_thresholds
+            from cnnrnn_tf.calibration import choose_thresholds, decoded_sets
 
-            best, per, _ = choose_thresholds(preds.y_true, preds.y_score,
-                                             self.threshold_metric, self.per_class)
-            cut = np.asarray(per if per is not None else best)
-            y_pred = (preds.y_score >= cut).astype(np.int32)
+            # the sets the model would decode once calibrated on this split: its top
+            # max_labels, thresholded, as the export does
+            top = self.model.output_length
+            best, per, _ = choose_thresholds(preds.y_true, preds.y_score, self.threshold_metric,
+                                             self.per_class, max_labels=top)
+            y_pred = decoded_sets(preds.y_score, best, per, max_labels=top).astype(np.int32)
         m = multilabel_metrics(preds.y_true, y_pred, preds.y_score, top_k=3)
         values = {"val_CF1": m["CF1"], "val_OF1": m["OF1"],
                   "val_f1": 0.5 * (m["CF1"] + m["OF1"]), "val_map": m["mAP"]}

@@ -26,7 +26,8 @@ class SmoothedSequenceCrossentropy(keras.losses.Loss):
     """The sequence cross-entropy with label smoothing: the target of a step is
     (1 - e) on its token and e spread evenly over the other tokens the step can emit
     (masked ones, START and the labels already on the path, get nothing: their logits
-    are MASK_LOGIT). Padded steps (PAD_TARGET) are ignored; the mean runs over real steps.
+    are MASK_LOGIT). Padded steps (PAD_TARGET) are ignored; the mean runs over the batch's
+    real steps, the same weighting as :func:`sequence_crossentropy` without smoothing.
     """
 
     def __init__(self, label_smoothing=0.1, name="sequence_crossentropy", **kwargs):
@@ -46,7 +47,12 @@ class SmoothedSequenceCrossentropy(keras.losses.Loss):
         soft = (1.0 - self.label_smoothing) * one_hot + self.label_smoothing * spread
         log_p = ops.log_softmax(logits, axis=-1)
         per_step = -ops.sum(soft * ops.where(allowed > 0, log_p, 0.0), axis=-1) * real
-        return ops.sum(per_step, axis=-1) / ops.maximum(ops.sum(real, axis=-1), 1.0)
+        # The mean over the batch's real steps, as Keras' ``ignore_class`` masking gives
+        # without smoothing (a long label set weighs more than a short one): each real
+        # step's value is scaled by steps / real steps, so the default reduction (the
+        # mean over all [B, T] values) is the token mean.
+        size = ops.cast(ops.size(real), "float32")
+        return per_step * (size / ops.maximum(ops.sum(real), 1.0))
 
     def get_config(self):
         config = super().get_config()

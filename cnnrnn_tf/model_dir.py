@@ -110,8 +110,8 @@ def _rebuild_and_load_weights(model_file: str, config: TrainConfig, vocab: Label
     from cnnrnn_tf.models import build_model
 
     try:
-        # weights="none": no download; the archive's weights replace them anyway.
-        model = build_model(config.replace(weights="none"), len(vocab), int(info["max_labels"]))
+        # No download: the archive's weights replace the pretrained ones anyway.
+        model = build_model(config, len(vocab), int(info["max_labels"]), pretrained=False)
         model(model.example_inputs(config.image_size))
         model.load_weights(model_file)
     except Exception:  # noqa: BLE001 - the caller reports the original error

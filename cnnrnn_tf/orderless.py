@@ -43,6 +43,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from cnnrnn_tf.losses import PAD_TARGET
 from cnnrnn_tf.preprocessor import multi_hot
 from cnnrnn_tf.vocabulary import MASK_LOGIT, NUM_SPECIAL, START_ID
 
@@ -202,6 +203,8 @@ def free_running_logits(model, features, steps):
 
 def forward(model, x, y, training):
     """One pass: (free-running logits [B, T, V], aligned targets [B, T], aux loss or 0)."""
+    if y.shape[1] is None:
+        raise ValueError("orderless training needs targets of a static length")
     features = model.encode(x, training=training)
     logits = free_running_logits(model, features, y.shape[1])
     aligned = align(y, logits, keep_predicted=model.alignment == "pla")
@@ -216,24 +219,70 @@ def forward(model, x, y, training):
     return logits, aligned, aux
 
 
+def teacher_forced_forward(model, x, y, training):
+    """The fixed label order's pass: (teacher-forced logits, the targets as they are,
+    aux loss or 0), for the same steps."""
+    logits, aux = model.teacher_forced(x, training=training)
+    return logits, y, aux
+
+
+def plain_forward(model, x, y, training):
+    """A per-label model's pass (BCE / ASL): (logits, the targets, 0), for the same steps,
+    so that it counts its validation batches as CNN-RNN does (see :func:`_track`)."""
+    return model(x, training=training), y, 0.0
+
+
 def _unpack(data):
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    if y.shape[1] is None:
-        raise ValueError("orderless training needs targets of a static length")
-    return x, y, sample_weight
+    return keras.utils.unpack_x_y_sample_weight(data)
+
+
+def _replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _loss(model, x, y, sample_weight, training, forward=forward):
+    """(logits, the targets scored, this replica's share of the loss).
+
+    Under a strategy of R replicas, Keras' ``compute_loss`` returns each replica's
+    loss divided by R (its gradients are summed over the replicas); the label-head
+    loss added here by hand is divided the same way, so it keeps its weight. The
+    sequence loss is a mean over the real (unpadded) steps of the replica's batch;
+    it is reweighted by the replica's share of the global batch's real steps, so the
+    sum over the replicas is the token mean of the whole batch, as on one device.
+    """
+    logits, aligned, aux = forward(model, x, y, training)
+    loss = model.compute_loss(x=x, y=aligned, y_pred=logits, sample_weight=sample_weight,
+                              training=training)
+    replicas = _replicas()
+    if replicas > 1 and sample_weight is None and model.decodes_sequences:
+        steps = ops.sum(ops.cast(ops.not_equal(aligned, PAD_TARGET), "float32"))
+        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                               steps)
+        loss = loss * tf.stop_gradient(replicas * steps / ops.maximum(total, 1.0))
+    return logits, aligned, loss + aux / replicas
 
 
 def _track(model, y, loss):
-    model._loss_tracker.update_state(loss, sample_weight=ops.shape(y)[0])
+    """Logs the loss of the replica's batch, undoing the 1/R share as Keras' own
+    ``train_step`` does, so one device and R replicas log the same ``loss``.
+
+    The batch size is counted after the loss is computed: with full batches only (several
+    replicas) it is a constant of the graph, and a step whose input has run out (the end
+    of a validation split of unknown length) still added it, though not its loss: two
+    replicas logged val_loss 2.15 where one device logged 2.50 (Keras' own test_step
+    does the same: BCE 0.553 against 0.727).
+    """
+    with tf.control_dependencies([loss]):
+        count = tf.identity(tf.shape(y)[0])
+    model._loss_tracker.update_state(loss * _replicas(), sample_weight=count)
 
 
-def train_step(model, data):
-    """Keras ``train_step`` for PLA / MLA: one pass, alignment, loss, update."""
+def train_step(model, data, forward=forward):
+    """Keras ``train_step`` for PLA / MLA: one pass, alignment, loss, update.
+    ``forward``: :func:`teacher_forced_forward` for a fixed label order (CNN-RNN's step)."""
     x, y, sample_weight = _unpack(data)
     with tf.GradientTape() as tape:
-        logits, aligned, aux = forward(model, x, y, training=True)
-        loss = model.compute_loss(x=x, y=aligned, y_pred=logits,
-                                  sample_weight=sample_weight, training=True) + aux
+        logits, aligned, loss = _loss(model, x, y, sample_weight, True, forward)
         _track(model, y, loss)
         scaled = model.optimizer.scale_loss(loss)
     weights = model.trainable_weights
@@ -241,11 +290,9 @@ def train_step(model, data):
     return model.compute_metrics(x, aligned, logits, sample_weight=sample_weight)
 
 
-def test_step(model, data):
+def test_step(model, data, forward=forward):
     """Keras ``test_step`` for PLA / MLA: the same pass and alignment as training."""
     x, y, sample_weight = _unpack(data)
-    logits, aligned, aux = forward(model, x, y, training=False)
-    loss = model.compute_loss(x=x, y=aligned, y_pred=logits,
-                              sample_weight=sample_weight, training=False) + aux
+    logits, aligned, loss = _loss(model, x, y, sample_weight, False, forward)
     _track(model, y, loss)
     return model.compute_metrics(x, aligned, logits, sample_weight=sample_weight)

@@ -88,6 +88,20 @@ def test_bad_paths_give_one_line_errors(argv, needle, capsys, tmp_path, monkeypa
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("backbone", ["vgg16", "efficientnet-lite0"])
+def test_random_frozen_backbone_is_refused(backbone, capsys, tmp_path, monkeypatch):
+    """--no-pretrained-weights leaves a pretrained backbone frozen unless --fine-tune trains
+    it: refused in one line naming both flags, before anything is read or written."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--train", "NOPE", "--eval", "NOPE", "--out", "x",
+            "--backbone", backbone, "--no-pretrained-weights"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "--no-pretrained-weights" in err[0] and "--fine-tune" in err[0] and backbone in err[0]
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["train", "--train", "a", "--eval", "b", "--out", "c", "--epochs", "0"], "--epochs"),
     (["train", "--train", "a", "--eval", "b", "--out", "c", "--batch-size", "x"], "--batch-size"),

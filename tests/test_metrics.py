@@ -300,3 +300,43 @@ def test_calibrated_threshold_maximises_the_metric_on_the_grid():
     assert len(per_c) == 5
     sets = (score >= np.array(per_c)).astype(int)
     assert value_c == pytest.approx(multilabel_metrics(y, sets, score)["CF1"])
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_calibration_scores_the_sets_the_exported_decoder_predicts(per_class):
+    """BCE / ASL decode the top max_labels labels, then threshold: the calibration chooses
+    on those same sets, so the threshold it keeps and the value it reports are those of the
+    model's own decode (the exported graph), not of sets thresholded over all labels."""
+    import keras
+
+    from cnnrnn_tf.calibration import choose_thresholds, decoded_sets
+    from cnnrnn_tf.metrics import multilabel_metrics
+    from cnnrnn_tf.models import MultiLabelClassifier
+
+    rng = np.random.RandomState(3)
+    n, k, top = 400, 5, 2
+    y = (rng.rand(n, k) < 0.45).astype(int)  # often 3+ true labels: the cut matters
+    score = np.clip(0.35 * y + 0.6 * rng.rand(n, k), 0.01, 0.99).astype("float32")
+    model = MultiLabelClassifier(keras.Sequential([keras.layers.Identity()]), k, max_labels=top)
+    model.classifier.build((None, k))
+    model.classifier.set_weights([np.eye(k, dtype="float32"), np.zeros(k, "float32")])
+    features = np.log(score / (1 - score))  # logits, so the classifier's sigmoid gives score
+
+    chosen = model.calibrate(y, score, "CF1" if per_class else "OF1", per_class=per_class)
+    out = model.decode_features(features)
+    probs = np.asarray(out["probabilities"])
+    ids = np.asarray(out["label_ids"])
+    exported = np.zeros((n, k), int)
+    rows, cols = np.nonzero(ids >= 0)
+    exported[rows, ids[rows, cols]] = 1
+    assert (exported.sum(1) <= top).all()
+    mine = decoded_sets(probs, model.threshold, model.class_thresholds, max_labels=top)
+    np.testing.assert_array_equal(mine, exported)
+    metric = "CF1" if per_class else "OF1"
+    achieved = multilabel_metrics(y, exported, probs)[metric]
+    assert chosen["validation_value"] == pytest.approx(achieved, abs=1e-6)
+    # Thresholding all labels (no cut) claims a value the exported sets do not reach here.
+    best, per, claimed = choose_thresholds(y, score, metric, per_class)
+    uncut = decoded_sets(score, best, per, max_labels=top)
+    assert claimed > multilabel_metrics(y, uncut, score)[metric] + 0.01
+    assert achieved >= multilabel_metrics(y, uncut, score)[metric] - 1e-9

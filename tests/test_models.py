@@ -370,10 +370,32 @@ def test_attention_maps_need_the_attention_decoder():
         TrainConfig(model="bce", decoder="attention")
 
 
+def test_random_frozen_backbone_is_refused_by_the_config():
+    """weights="none" without fine_tune: a pretrained backbone would stay frozen at random
+    weights. small-cnn always trains from scratch, so "none" is harmless there; a loaded
+    model rebuilds its frozen encoder without the pretrained weights (pretrained=False)."""
+    from cnnrnn_tf.config import TrainConfig
+    from cnnrnn_tf.errors import InputError
+    from cnnrnn_tf.models import build_model
+
+    for backbone in ("vgg16", "resnet50", "efficientnet-lite0"):
+        with pytest.raises(InputError, match="--no-pretrained-weights without --fine-tune"):
+            TrainConfig(backbone=backbone, weights="none")
+        with pytest.raises(InputError, match="--fine-tune"):
+            TrainConfig(backbone=backbone).replace(weights="none")
+        assert TrainConfig(backbone=backbone, weights="none", fine_tune=True).fine_tune
+    assert TrainConfig(weights="none").backbone == "small-cnn"
+    assert TrainConfig().weights == "default"
+    frozen = TrainConfig(model="bce", backbone="efficientnet-lite0", image_size=32)
+    model = build_model(frozen, 3, 2, pretrained=False)  # no weights file read
+    assert not model.encoder.trainable_weights
+
+
 def test_smoothed_sequence_crossentropy():
-    """e = 0 is Keras' masked sparse cross-entropy; e > 0 spreads e over the tokens the step
-    can emit only (masked logits get none, so the loss stays finite), and matches a
-    hand-written soft-target cross-entropy."""
+    """e = 0 is Keras' masked sparse cross-entropy (the mean over the batch's real steps);
+    e > 0 spreads e over the tokens the step can emit only (masked logits get none, so the
+    loss stays finite), and matches a hand-written soft-target cross-entropy with the same
+    token mean: a tiny e changes the loss by no more than e does, whatever the lengths."""
     from cnnrnn_tf.losses import SmoothedSequenceCrossentropy
     from cnnrnn_tf.vocabulary import MASK_LOGIT
 
@@ -382,14 +404,19 @@ def test_smoothed_sequence_crossentropy():
     logits[:, :, START_ID] = MASK_LOGIT
     logits[0, 2:, 3] = MASK_LOGIT  # a label already on the path
     targets = np.array([[2, 4, 0, -1], [5, 0, -1, -1], [3, 2, 4, 0]])
+    plain = float(sequence_crossentropy()(targets, logits))
+    np.testing.assert_allclose(float(SmoothedSequenceCrossentropy(0.0)(targets, logits)),
+                               plain, rtol=1e-6)
+    # padded sequences of 3, 2 and 4 steps: the mean per sequence is 1.6% lower here
+    assert abs(float(sequence_crossentropy(1e-7)(targets, logits)) - plain) < 1e-4
+    weights = rng.rand(3, 4).astype("float32")  # per step, as Keras' masked mean takes them
     np.testing.assert_allclose(
-        float(SmoothedSequenceCrossentropy(0.0)(targets, logits)),
-        float(sequence_crossentropy()(targets, logits)), rtol=0.2)  # per-image vs per-step mean
+        float(SmoothedSequenceCrossentropy(0.0)(targets, logits, sample_weight=weights)),
+        float(sequence_crossentropy()(targets, logits, sample_weight=weights)), rtol=1e-6)
     e = 0.1
     loss = float(SmoothedSequenceCrossentropy(e)(targets, logits))
     want = []
     for b in range(3):
-        steps = []
         for t in range(4):
             if targets[b, t] < 0:
                 continue
@@ -401,8 +428,7 @@ def test_smoothed_sequence_crossentropy():
             others[targets[b, t]] = False
             soft[others] = e / others.sum()
             soft[targets[b, t]] = 1 - e
-            steps.append(-(soft[allowed] * logp[allowed]).sum())
-        want.append(np.mean(steps))
+            want.append(-(soft[allowed] * logp[allowed]).sum())
     np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
     clone = SmoothedSequenceCrossentropy.from_config(SmoothedSequenceCrossentropy(e).get_config())
     assert clone.label_smoothing == e

