@@ -352,24 +352,34 @@ def build_parser() -> Parser:
                    help="test data folder: scored once, after selection (the numbers of "
                         "metrics.json and the table); read only once the model is final")
     p.add_argument("--out", required=True, help="MODEL_DIR to write")
-    p.add_argument("--model", choices=MODELS, default="cnn-rnn")
-    p.add_argument("--backbone", choices=BACKBONES, default="small-cnn")
-    p.add_argument("--image-size", type=positive_int, default=64)
+    p.add_argument("--model", choices=MODELS, default="cnn-rnn",
+                   help="cnn-rnn (the paper's model, default) or a per-label baseline: bce, asl")
+    p.add_argument("--backbone", choices=BACKBONES, default="small-cnn",
+                   help="image encoder: small-cnn from scratch (default) or a pretrained one")
+    p.add_argument("--image-size", type=positive_int, default=64,
+                   help="images are resized to this square size in pixels (default 64)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="default: chosen from the training set size, with early stopping")
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="the global batch: split over all replicas when training on several "
                         "GPUs or machines (TF_CONFIG, see README)")
-    p.add_argument("--label-order", choices=LABEL_ORDERS, default="frequent-first")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="rmsprop")
-    p.add_argument("--learning-rate", type=positive_float, default=1e-3)
-    p.add_argument("--beam-size", type=positive_int, default=3)
-    p.add_argument("--max-labels", type=positive_int, default=None)
+    p.add_argument("--label-order", choices=LABEL_ORDERS, default="frequent-first",
+                   help="cnn-rnn: order of the label path in training (default frequent-first, "
+                        "the paper's; pla/mla: orderless, Yazici et al. 2020)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="rmsprop",
+                   help="rmsprop (the paper's, default) or adam")
+    p.add_argument("--learning-rate", type=positive_float, default=1e-3,
+                   help="initial learning rate (default 1e-3)")
+    p.add_argument("--beam-size", type=positive_int, default=3,
+                   help="beam width of the decoding (default 3)")
+    p.add_argument("--max-labels", type=positive_int, default=None,
+                   help="most labels per image (default: the most of any training image, up to 16)")
     p.add_argument("--threshold", type=probability, default=None,
                    help="bce/asl: a fixed decision threshold (default: chosen on the --eval "
                         "(validation) split after training, maximising --threshold-metric)")
-    p.add_argument("--threshold-metric", choices=("OF1", "CF1"), default="OF1")
+    p.add_argument("--threshold-metric", choices=("OF1", "CF1"), default="OF1",
+                   help="bce/asl: what the calibrated threshold maximises on --eval")
     p.add_argument("--per-class-threshold", action="store_true",
                    help="bce/asl: one calibrated threshold per label")
     p.add_argument("--label-head", choices=LABEL_HEADS, default=None,
@@ -396,7 +406,8 @@ def build_parser() -> Parser:
                    default=None, help="default 0.1 (paper 0)")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
                    help="default cosine decay over the planned steps (paper: constant)")
-    p.add_argument("--steps-per-epoch", type=positive_int, default=None)
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                   help="training steps per epoch (default: one pass over --train)")
     p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
                    help="XLA for the training step: auto (default) on a GPU, off on the CPU")
     p.add_argument("--steps-per-execution", type=positive_int, default=None,
@@ -410,7 +421,8 @@ def build_parser() -> Parser:
                    help="memory for --cache auto (default 2)")
     p.add_argument("--patience", type=non_negative_int, default=None,
                    help="early stopping patience in epochs (default: max(4, epochs/3))")
-    p.add_argument("--no-early-stopping", action="store_true")
+    p.add_argument("--no-early-stopping", action="store_true",
+                   help="train every epoch; keep the last weights")
     p.add_argument("--augment", action="store_true", help="brightness / contrast jitter")
     p.add_argument("--crop-scale", type=_float_where(lambda v: 0.05 <= v <= 1, "in [0.05, 1]"),
                    default=None, metavar="MIN",
@@ -420,7 +432,7 @@ def build_parser() -> Parser:
     p.add_argument("--ema", action="store_true",
                    help="validate, select and export a moving average of the weights")
     p.add_argument("--label-smoothing", type=_float_where(lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
-                   default=0.0)
+                   default=0.0, help="label smoothing of the training loss, in [0, 0.5)")
     p.add_argument("--monitor", choices=MONITORS, default="val_f1",
                    help="early stopping / checkpoint selection: decoded validation F1 (mean of "
                         "CF1 and OF1, default), mAP, or the teacher-forced loss")
@@ -428,7 +440,8 @@ def build_parser() -> Parser:
     p.add_argument("--no-pretrained-weights", action="store_true",
                    help="random init for vgg16/resnet50/efficientnet-lite0 (needs --fine-tune: "
                         "a frozen random backbone learns nothing)")
-    p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 compute (GPU)")
     p.add_argument("--verbose", type=non_negative_int, default=None, choices=(0, 1, 2),
                    help="Keras fit verbosity: 1 a progress bar, 2 one line per epoch "
                         "(default: 1 on a terminal, 2 when the output goes to a file or pipe)")
@@ -515,15 +528,21 @@ def build_parser() -> Parser:
                    help="a curated schema.pbtxt (default: derived from the training labels)")
     p.add_argument("--train-config", default=None, metavar="FILE",
                    help="a TrainConfig JSON; the training flags below override its fields")
-    p.add_argument("--model", choices=MODELS, default=None)
-    p.add_argument("--backbone", choices=BACKBONES, default=None)
-    p.add_argument("--image-size", type=positive_int, default=None)
-    p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--label-order", choices=LABEL_ORDERS, default=None)
-    p.add_argument("--seed", type=non_negative_int, default=None)
-    p.add_argument("--train-steps", type=positive_int, default=None)
-    p.add_argument("--eval-steps", type=positive_int, default=None)
+    p.add_argument("--model", choices=MODELS, default=None, help="as cnnrnn train --model")
+    p.add_argument("--backbone", choices=BACKBONES, default=None,
+                   help="as cnnrnn train --backbone")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="as cnnrnn train --image-size")
+    p.add_argument("--epochs", type=positive_int, default=None, help="as cnnrnn train --epochs")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="as cnnrnn train --batch-size")
+    p.add_argument("--label-order", choices=LABEL_ORDERS, default=None,
+                   help="as cnnrnn train --label-order")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="as cnnrnn train --seed")
+    p.add_argument("--train-steps", type=positive_int, default=None,
+                   help="the Trainer's training steps (default: from the epochs)")
+    p.add_argument("--eval-steps", type=positive_int, default=None,
+                   help="the Trainer's validation steps (default: the whole eval split)")
     p.add_argument("--min-of1", type=unit_interval, default=0.1,
                    help="the Evaluator blesses (and the Pusher pushes) only above this OF1 "
                         "(0 blesses any model)")
