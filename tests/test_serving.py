@@ -46,23 +46,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVING_DIR = os.path.join(ROOT, "serving")
 MODEL = "cnnrnn"
 MAX_BATCH = 8
-TINY = dict(image_size=32, batch_size=16, epochs=1, lstm_units=32, embed_dim=16, beam_size=2)
 
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny trained MODEL_DIR (its saved_model/ is what gets served)."""
-    from cnnrnn_tf.config import TrainConfig
-    from cnnrnn_tf.training import train
-    from tests.conftest import synthetic_records
-
-    root = tmp_path_factory.mktemp("serving")
-    schema.write_records(str(root / "train"), synthetic_records(48, seed=1))
-    schema.write_records(str(root / "test"), synthetic_records(8, seed=2))
-    out = str(root / "model")
-    train(TrainConfig(**TINY), str(root / "train"), str(root / "test"), out, verbose=0)
-    return root, out
+def trained(tmp_path_factory, tiny_model_dir):
+    """(a folder of this module's own, the session's tiny MODEL_DIR: its saved_model/ is
+    what gets served)."""
+    return tmp_path_factory.mktemp("serving"), tiny_model_dir
 
 
 @pytest.fixture(scope="module")
