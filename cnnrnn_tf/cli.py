@@ -164,6 +164,10 @@ def cmd_export(args) -> int:
     from cnnrnn_tf.export import export_saved_model
     from cnnrnn_tf.model_dir import load_model_dir
 
+    if args.serving_manifests:  # a bad folder fails before the export, not after it
+        from cnnrnn_tf.serving.deploy import serving_images
+
+        serving_images(args.serving_manifests)
     loaded = load_model_dir(args.model)
     path = export_saved_model(loaded.model, loaded.vocab, loaded.image_size, args.out,
                               beam_size=args.beam_size or loaded.config.beam_size)
