@@ -155,7 +155,7 @@ class ServingClient:
         self.service_config = service_config(self.retries, backoff_seconds, max_backoff_seconds,
                                              self.retry_codes)
         self.tls = credentials is not None
-        self.metadata = tuple(metadata or ())
+        self.call_metadata = tuple(metadata or ())
         self._own_channel = channel is None
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -198,7 +198,7 @@ class ServingClient:
         """One RPC with a deadline (gRPC retries ``retry_codes`` inside it, per the channel's
         service config); a failure -> ServingError."""
         try:
-            return stub_method(request, timeout=self.timeout, metadata=self.metadata or None)
+            return stub_method(request, timeout=self.timeout, metadata=self.call_metadata or None)
         except grpc.RpcError as exc:
             code, details = grpc.StatusCode.UNKNOWN, str(exc)
             if callable(getattr(exc, "code", None)):  # a call error (not a bare RpcError)
