@@ -272,6 +272,8 @@ def test_bad_security_flags_answer_one_line(certs, tmp_path, capsys):
             (serve + ["--tls-client-ca", cert], "--tls-client-ca"),
             (client + ["--root-certs", cert], "only with --tls"),
             (client + ["--tls", "--tls-cert", cert], "--tls-key"),
+            (client + ["--tls", "--root-certs", key], "not a PEM certificate"),
+            (client + ["--tls", "--tls-cert", cert, "--tls-key", cert], "not a PEM private key"),
             (client + ["--auth-header", "authorization"], "NAME=VALUE"),
             (client + ["--auth-header", "x-bin=1"], "x-bin")):
         assert main(argv) == 2, argv

@@ -66,7 +66,8 @@ def _check_local_files(*flags_and_paths) -> None:
 
     for flag, path in flags_and_paths:
         if path and "://" not in path and not os.path.isfile(path):
-            raise InputError(f"{flag} {path}: no such file")
+            what = "not a file" if os.path.exists(path) else "no such file"
+            raise InputError(f"{flag} {path}: {what}")
 
 
 def _check_serve_flags(args) -> None:

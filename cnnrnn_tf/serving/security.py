@@ -53,11 +53,16 @@ def read_file(path: str, what: str) -> bytes:
     return data
 
 
-def read_pem(path: str, what: str) -> bytes:
-    """A PEM file (certificate, key or CA bundle); refuses files without a PEM block."""
+def read_pem(path: str, what: str, kind: str = "CERTIFICATE") -> bytes:
+    """A PEM file: certificates (``kind="CERTIFICATE"``, also CA bundles) or a private key
+    (``kind="PRIVATE KEY"``); refuses a file without such a block, naming what it expected."""
     data = read_file(path, what)
-    if b"-----BEGIN " not in data:
-        raise InputError(f"{what} {path}: not a PEM file (no '-----BEGIN' line)")
+    if not re.search(rb"-----BEGIN [A-Z ]*" + kind.encode() + rb"-----", data):
+        raise InputError(f"{what} {path}: not a PEM {kind.lower()} (no '-----BEGIN ... "
+                         f"{kind}-----' line)")
+    if b"ENCRYPTED" in data and kind == "PRIVATE KEY":
+        raise InputError(f"{what} {path}: an encrypted key, which gRPC cannot use; decrypt it "
+                         "(openssl pkey -in KEY -out KEY.plain) and protect the file instead")
     return data
 
 
@@ -67,7 +72,9 @@ def _check_key_pair(cert_file: str, key_file: str) -> None:
     if "://" in cert_file or "://" in key_file:
         return
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+        # A password callback: never a prompt on the terminal.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file,
+                                                                password=lambda: b"")
     except ssl.SSLError as exc:
         raise InputError(f"--tls-cert {cert_file} / --tls-key {key_file}: not a usable "
                          f"certificate and key pair ({exc.reason or exc})") from None
@@ -77,7 +84,7 @@ def server_credentials(cert_file: str, key_file: str,
                        client_ca_file: Optional[str] = None) -> grpc.ServerCredentials:
     """gRPC server credentials; with ``client_ca_file`` client certificates are required."""
     cert = read_pem(cert_file, "--tls-cert")
-    key = read_pem(key_file, "--tls-key")
+    key = read_pem(key_file, "--tls-key", "PRIVATE KEY")
     _check_key_pair(cert_file, key_file)
     if client_ca_file is None:
         return grpc.ssl_server_credentials([(key, cert)])
@@ -95,7 +102,7 @@ def channel_credentials(root_certs_file: Optional[str] = None, cert_file: Option
                          "key) or neither")
     roots = read_pem(root_certs_file, "--root-certs") if root_certs_file else None
     cert = read_pem(cert_file, "--tls-cert") if cert_file else None
-    key = read_pem(key_file, "--tls-key") if key_file else None
+    key = read_pem(key_file, "--tls-key", "PRIVATE KEY") if key_file else None
     if cert_file:
         _check_key_pair(cert_file, key_file)
     return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key,
