@@ -333,21 +333,14 @@ def _protoset_pool():
     return pool
 
 
-def _message_class(pool, name):
-    from google.protobuf import message_factory
-
-    descriptor = pool.FindMessageTypeByName(name)
-    if hasattr(message_factory, "GetMessageClass"):
-        return message_factory.GetMessageClass(descriptor)
-    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
-
-
 def test_protoset_is_current_and_drives_a_predict_call(token_server, image_file):
     """The checked-in protoset equals what the script writes now, holds both services, and
     the README's grpcurl request body, built from it alone (as grpcurl does), is answered."""
     import importlib.util
 
     from google.protobuf import json_format
+
+    from cnnrnn_tf.serving.deploy import message_class
 
     spec = importlib.util.spec_from_file_location(
         "make_descriptor_set", os.path.join(SERVING_DIR, "make_descriptor_set.py"))
@@ -365,8 +358,8 @@ def test_protoset_is_current_and_drives_a_predict_call(token_server, image_file)
     body = re.search(r"-d '([^']+)'", line).group(1)
     with open(image_file, "rb") as f:
         body = body.replace("BASE64_IMAGE", base64.b64encode(f.read()).decode())
-    request = json_format.Parse(body, _message_class(pool, "tensorflow.serving.PredictRequest")())
-    response_class = _message_class(pool, "tensorflow.serving.PredictResponse")
+    request = json_format.Parse(body, message_class(pool, "tensorflow.serving.PredictRequest")())
+    response_class = message_class(pool, "tensorflow.serving.PredictResponse")
     channel = grpc.insecure_channel(token_server.grpc_address)
     call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
                                request_serializer=lambda m: m.SerializeToString(),

@@ -92,10 +92,20 @@ _BATCHING_FIELDS = (  # session_bundle_config.proto, message BatchingParameters
 )
 
 
+def message_class(pool, full_name: str):
+    """The message class of ``full_name`` in a descriptor pool (any protobuf version)."""
+    from google.protobuf import message_factory
+
+    descriptor = pool.FindMessageTypeByName(full_name)
+    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
+        return message_factory.GetMessageClass(descriptor)
+    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
+
+
 @functools.lru_cache(maxsize=None)
 def batching_parameters_class():
     """The ``tensorflow.serving.BatchingParameters`` message class, built from its definition."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+    from google.protobuf import descriptor_pb2, descriptor_pool, wrappers_pb2
 
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
@@ -114,10 +124,7 @@ def batching_parameters_class():
         else:
             field.type, field.type_name = F.TYPE_MESSAGE, f".google.protobuf.{kind}"
     pool.Add(proto)
-    descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
-        return message_factory.GetMessageClass(descriptor)
-    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
+    return message_class(pool, "tensorflow.serving.BatchingParameters")
 
 
 def batching_parameters(max_batch_size: int = 32, batch_timeout_micros: int = 2000,
@@ -156,7 +163,7 @@ def parse_batching_parameters(text: str):
 def monitoring_config_class():
     """``tensorflow.serving.MonitoringConfig`` (monitoring_config.proto), which the
     ``tensorflow-serving-api`` wheel lacks, built from its definition."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from google.protobuf import descriptor_pb2, descriptor_pool
 
     pool = descriptor_pool.DescriptorPool()
     proto = descriptor_pb2.FileDescriptorProto(
@@ -170,10 +177,7 @@ def monitoring_config_class():
     monitoring.field.add(name="prometheus_config", number=1, label=F.LABEL_OPTIONAL,
                          type=F.TYPE_MESSAGE, type_name=".tensorflow.serving.PrometheusConfig")
     pool.Add(proto)
-    descriptor = pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
-    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
-        return message_factory.GetMessageClass(descriptor)
-    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
+    return message_class(pool, "tensorflow.serving.MonitoringConfig")
 
 
 def parse_monitoring_config(text: str):
