@@ -203,11 +203,25 @@ def cmd_export(args) -> int:
     from cnnrnn_tf.export import export_saved_model
     from cnnrnn_tf.model_dir import load_model_dir
 
+    if args.serving_manifests:  # a bad folder fails before the export, not after it
+        from cnnrnn_tf.serving.deploy import serving_images
+
+        serving_images(args.serving_manifests)
     loaded = load_model_dir(args.model)
     path = export_saved_model(loaded.model, loaded.vocab, loaded.image_size, args.out,
                               beam_size=args.beam_size or loaded.config.beam_size)
     print(f"SavedModel written to {path}")
+    _warn_if_serving_image_older(path, args.serving_manifests)
     return 0
+
+
+def _warn_if_serving_image_older(saved_model_dir: str, manifests) -> None:
+    """One stderr line when the tensorflow/serving image is older than this TensorFlow."""
+    from cnnrnn_tf.serving.deploy import image_version_problem
+
+    problem = image_version_problem(saved_model_dir, manifests)
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
@@ -478,6 +492,10 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, help="output folder (local, s3:// or gs://)")
     p.add_argument("--beam-size", type=positive_int, default=None,
                    help="beam width of the decoding (default: the model's)")
+    p.add_argument("--serving-manifests", metavar="DIR", default=None,
+                   help="warn when the tensorflow/serving images in DIR's *.yml/*.yaml are "
+                        "older than the exporting TensorFlow (default: compare with the image "
+                        "serving/ pins)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="plots and a report.md for a MODEL_DIR on a data folder")

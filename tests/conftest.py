@@ -93,6 +93,15 @@ def s3(s3_server, monkeypatch):
     return s3_server
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """One tiny trained MODEL_DIR (with saved_model/) for the whole session: read it, never
+    write into it (copy its saved_model/ to serve it)."""
+    from tests.reliability_helpers import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     """tensorflow-io's S3 file system can abort at interpreter exit ("pure virtual method

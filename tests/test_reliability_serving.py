@@ -28,8 +28,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 from cnnrnn_tf import schema  # noqa: E402
 from cnnrnn_tf.preprocessing import TOO_LARGE_MESSAGE  # noqa: E402
 from tests.conftest import png_bytes  # noqa: E402
-from tests.reliability_helpers import (bad_images, build_tiny_model_dir, good_image,  # noqa: E402
-                                       odd_but_valid_images)
+from tests.reliability_helpers import bad_images, good_image, odd_but_valid_images  # noqa: E402
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 MODEL = "cnnrnn"
@@ -41,11 +40,11 @@ GOOD = png_bytes(good_image())
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_model_dir):
     from cnnrnn_tf.serving.server import ModelServer
 
     root = tmp_path_factory.mktemp("srv_rel")
-    model = build_tiny_model_dir(root)
+    model = tiny_model_dir
     base = root / "models" / MODEL
     shutil.copytree(os.path.join(model, "saved_model"), base / "1")
     srv = ModelServer(str(base), MODEL, port=0, rest_port=0, max_batch_size=MAX_BATCH,

@@ -9,11 +9,7 @@ import base64
 import json
 import logging
 import os
-import queue
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -46,23 +42,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVING_DIR = os.path.join(ROOT, "serving")
 MODEL = "cnnrnn"
 MAX_BATCH = 8
-TINY = dict(image_size=32, batch_size=16, epochs=1, lstm_units=32, embed_dim=16, beam_size=2)
 
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny trained MODEL_DIR (its saved_model/ is what gets served)."""
-    from cnnrnn_tf.config import TrainConfig
-    from cnnrnn_tf.training import train
-    from tests.conftest import synthetic_records
-
-    root = tmp_path_factory.mktemp("serving")
-    schema.write_records(str(root / "train"), synthetic_records(48, seed=1))
-    schema.write_records(str(root / "test"), synthetic_records(8, seed=2))
-    out = str(root / "model")
-    train(TrainConfig(**TINY), str(root / "train"), str(root / "test"), out, verbose=0)
-    return root, out
+def trained(tmp_path_factory, tiny_model_dir):
+    """(a folder of this module's own, the session's tiny MODEL_DIR: its saved_model/ is
+    what gets served)."""
+    return tmp_path_factory.mktemp("serving"), tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -741,33 +728,6 @@ def test_cli_client_matches_cli_predict(server, trained, images, capsys):
     assert exit_info.value.code == 2
 
 
-def test_serve_command_runs_and_stops_on_sigterm(base_path, images):
-    """`cnnrnn serve` as a process: prints its address, answers, exits 0 on SIGTERM."""
-    raw, _ = images
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnrnn_tf.cli", "serve", "--model-base-path", str(base_path),
-         "--model-name", MODEL, "--port", "0", "--rest-port", "0", "--poll-seconds", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
-        line = lines.get(timeout=120)
-        assert "gRPC 127.0.0.1:" in line, line
-        address = line.split("gRPC ")[1].split()[0]
-        channel = grpc.insecure_channel(address)
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response = stub.Predict(predict_request("predict_images", raw[:2]), timeout=60)
-        assert response.model_spec.version.value == 1
-        channel.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 # --------------------------------------------------------------------------- new versions
 def test_new_version_is_served_without_restart(server, stubs, trained, base_path, images):
     predict, models = stubs
@@ -861,6 +821,123 @@ def test_deployment_files_parse():
     assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{MODEL}"
     assert {p["containerPort"] for p in container["ports"]} == {8500, 8501}
     assert {p["port"] for p in docs["Service"]["spec"]["ports"]} == {8500, 8501}
+    deploy.check_folder(SERVING_DIR)
+
+
+def _yaml_docs(name):
+    with open(os.path.join(SERVING_DIR, name)) as f:
+        return list(yaml.safe_load_all(f))
+
+
+def test_monitoring_config_is_passed_everywhere():
+    from cnnrnn_tf.serving import deploy
+
+    with open(os.path.join(SERVING_DIR, "monitoring.config")) as f:
+        monitoring = deploy.parse_monitoring_config(f.read())
+    assert monitoring.prometheus_config.enable
+    assert monitoring.prometheus_config.path == deploy.MONITORING_PATH
+    with pytest.raises(text_format.ParseError):
+        deploy.parse_monitoring_config("prometheus_config { enabled: true }")
+    flag = "--monitoring_config_file=/config/monitoring.config"
+    for name in ("docker-compose.yml", "docker-compose.gpu.yml"):
+        (service,) = _yaml_docs(name)[0]["services"].values()
+        assert flag in service["command"]
+        assert "./monitoring.config:/config/monitoring.config:ro" in service["volumes"]
+    for name in ("kubernetes.yaml", "kubernetes.gpu.yaml"):
+        docs = {d["kind"]: d for d in _yaml_docs(name)}
+        assert deploy.parse_monitoring_config(docs["ConfigMap"]["data"]["monitoring.config"]) \
+            == monitoring
+        template = docs["Deployment"]["spec"]["template"]
+        assert flag in template["spec"]["containers"][0]["args"]
+        assert template["metadata"]["annotations"]["prometheus.io/path"] == deploy.MONITORING_PATH
+
+
+def test_gpu_manifests_differ_from_the_cpu_ones_only_in_the_gpu_parts():
+    from cnnrnn_tf.serving import deploy
+
+    (cpu,) = _yaml_docs("docker-compose.yml")[0]["services"].values()
+    (gpu,) = _yaml_docs("docker-compose.gpu.yml")[0]["services"].values()
+    assert cpu["image"] == deploy.SERVING_IMAGE and gpu["image"] == deploy.SERVING_IMAGE + "-gpu"
+    (device,) = gpu.pop("deploy")["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert {k: v for k, v in gpu.items() if k != "image"} == \
+        {k: v for k, v in cpu.items() if k != "image"}
+
+    cpu_docs, gpu_docs = _yaml_docs("kubernetes.yaml"), _yaml_docs("kubernetes.gpu.yaml")
+    assert [d["kind"] for d in cpu_docs] == [d["kind"] for d in gpu_docs]
+    for a, b in zip(cpu_docs, gpu_docs):
+        if a["kind"] != "Deployment":
+            assert a == b
+            continue
+        spec_a, spec_b = a["spec"]["template"]["spec"], b["spec"]["template"]["spec"]
+        (tolerate,) = spec_b.pop("tolerations")
+        assert tolerate["key"] == "nvidia.com/gpu"
+        (container_a,), (container_b,) = spec_a["containers"], spec_b["containers"]
+        assert container_b["resources"]["limits"].pop("nvidia.com/gpu") == 1
+        assert container_a.pop("image") == deploy.SERVING_IMAGE
+        assert container_b.pop("image") == deploy.SERVING_IMAGE + "-gpu"
+        assert a == b
+
+
+def _with_tf_version(src, dst, version):
+    """A copy of saved_model.pb whose MetaInfoDef records another TensorFlow version."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(src, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    for meta_graph in proto.meta_graphs:
+        meta_graph.meta_info_def.tensorflow_version = version
+    os.makedirs(dst)
+    with open(os.path.join(dst, "saved_model.pb"), "wb") as f:
+        f.write(proto.SerializeToString())
+    return dst
+
+
+def test_serving_image_must_be_at_least_the_exporting_tensorflow(
+        tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from cnnrnn_tf import export
+    from cnnrnn_tf.cli import main
+    from cnnrnn_tf.serving import deploy
+
+    exported = os.path.join(tiny_model_dir, "saved_model")
+    assert deploy.saved_model_tf_version(exported) == tf.__version__
+    assert deploy.image_version_problem(exported, SERVING_DIR) is None  # 2.16.x on 2.16.1
+    assert main_deploy(["check", SERVING_DIR, "--saved-model", exported], capsys) == (0, [])
+    newer = _with_tf_version(exported, str(tmp_path / "newer"), "2.17.0")
+    patch = _with_tf_version(exported, str(tmp_path / "patch"), "2.16.9")
+    assert deploy.image_version_problem(patch, SERVING_DIR) is None
+    code, err = main_deploy(["check", SERVING_DIR, "--saved-model", newer], capsys)
+    assert code == 2 and len(err) == 1, err
+    for words in ("TensorFlow 2.17.0", "tensorflow/serving:2.16.1", "tensorflow/serving:2.17"):
+        assert words in err[0], err
+    assert deploy.parse_version("2.16.1-gpu") == (2, 16, 1)
+    assert deploy.parse_version("latest") is None
+    assert deploy.parse_version("2.18.0rc1") == (2, 18, 0)
+    # cnnrnn export compares what it wrote with the pinned image, or --serving-manifests.
+    monkeypatch.setattr(export, "export_saved_model", lambda *args, **kw: newer)
+    assert main(["export", "--model", tiny_model_dir, "--out", str(tmp_path / "x")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "2.17.0" in err[0], err
+    old = tmp_path / "old_manifests"
+    old.mkdir()
+    (old / "compose.yml").write_text("services: {s: {image: 'tensorflow/serving:2.15.1'}}\n")
+    monkeypatch.setattr(export, "export_saved_model", lambda *args, **kw: patch)
+    assert main(["export", "--model", tiny_model_dir, "--out", str(tmp_path / "x"),
+                 "--serving-manifests", str(old)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tensorflow/serving:2.15.1" in err[0], err
+    assert main(["export", "--model", tiny_model_dir, "--out", str(tmp_path / "x"),
+                 "--serving-manifests", str(tmp_path / "patch")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no *.yml" in err[0], err
+
+
+def main_deploy(argv, capsys):
+    from cnnrnn_tf.serving import deploy
+
+    code = deploy.main(argv)
+    return code, capsys.readouterr().err.strip().splitlines()
 
 
 @pytest.mark.parametrize("flags", [["--max-queued", "-1"], ["--max-body-bytes", "0"],

@@ -41,6 +41,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import grpc
 
 from cnnrnn_tf.errors import CnnRnnError, InputError
+from cnnrnn_tf.serving.security import connection_hint
 
 SIGNATURES = ("serving_default", "predict_images")
 INPUT_NAMES = {"serving_default": "examples", "predict_images": "images"}
@@ -48,9 +49,11 @@ RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_E
 MAX_ATTEMPTS = 5  # gRPC's cap on retryPolicy.maxAttempts
 SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 # Codes that mean "the request was wrong", as opposed to "the server or network failed".
+# UNAUTHENTICATED / PERMISSION_DENIED: a missing or wrong token; the same call fails again.
 REQUEST_ERROR_CODES = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
 })
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
@@ -118,13 +121,20 @@ class ServingClient:
     ``channel``: an existing grpc.Channel to use instead of opening one (it keeps its own
     retry configuration; ``retries`` and the backoff arguments apply to channels this
     client opens).
+    ``credentials``: grpc.ChannelCredentials for TLS (:func:`security.channel_credentials`);
+    ``server_name`` overrides the name the server's certificate is checked against
+    (``grpc.ssl_target_name_override``). ``metadata``: (name, value) pairs sent with every
+    call, e.g. ``[("authorization", "Bearer TOKEN")]``.
     """
 
     def __init__(self, server: str, model_name: str, signature: str = "serving_default",
                  version: Optional[int] = None, timeout: float = 10.0, retries: int = 3,
                  backoff_seconds: float = 0.2, max_backoff_seconds: float = 5.0,
                  retry_codes: Iterable[grpc.StatusCode] = RETRY_CODES,
-                 channel: Optional[grpc.Channel] = None):
+                 channel: Optional[grpc.Channel] = None,
+                 credentials: Optional[grpc.ChannelCredentials] = None,
+                 server_name: Optional[str] = None,
+                 metadata: Sequence[Tuple[str, str]] = ()):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         if signature not in SIGNATURES:
@@ -144,14 +154,25 @@ class ServingClient:
         self.retry_codes = frozenset(retry_codes)
         self.service_config = service_config(self.retries, backoff_seconds, max_backoff_seconds,
                                              self.retry_codes)
+        self.tls = credentials is not None
+        self.call_metadata = tuple(metadata or ())
         self._own_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            self.server, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.enable_retries", 1),
-                                  ("grpc.service_config", self.service_config),
-                                  # ours, not one a DNS TXT record might carry
-                                  ("grpc.service_config_disable_resolution", 1)])
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.enable_retries", 1),
+                   ("grpc.service_config", self.service_config),
+                   # ours, not one a DNS TXT record might carry
+                   ("grpc.service_config_disable_resolution", 1)]
+        if server_name:
+            if not self.tls:
+                raise InputError("server name override: only with TLS credentials")
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if channel is not None:
+            self._channel = channel
+        elif self.tls:
+            self._channel = grpc.secure_channel(self.server, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.server, options=options)
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -177,11 +198,13 @@ class ServingClient:
         """One RPC with a deadline (gRPC retries ``retry_codes`` inside it, per the channel's
         service config); a failure -> ServingError."""
         try:
-            return stub_method(request, timeout=self.timeout)
+            return stub_method(request, timeout=self.timeout, metadata=self.call_metadata or None)
         except grpc.RpcError as exc:
             code, details = grpc.StatusCode.UNKNOWN, str(exc)
             if callable(getattr(exc, "code", None)):  # a call error (not a bare RpcError)
                 code, details = exc.code(), exc.details()
+            hint = connection_hint(code, details, self.tls)
+            details = f"{hint}; {details}" if hint else details
             retried = self._own_channel and code in self.retry_codes and self.retries > 0
             attempts = min(MAX_ATTEMPTS, self.retries + 1) if retried else 1
             raise ServingError(code, details, self.server, method, attempts) from None

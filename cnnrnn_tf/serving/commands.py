@@ -4,15 +4,19 @@
                  [--rest-port 8501] [--max-batch-size N] [--poll-seconds S] [--host 127.0.0.1]
                  [--num-versions 2] [--workers 8] [--max-queued 32] [--max-concurrent-rpcs N]
                  [--max-body-bytes 64MiB] [--max-message-bytes 256MiB] [--socket-timeout 30]
-                 [--request-timeout 30]
+                 [--request-timeout 30] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+                 [--auth-token-file FILE]
     cnnrnn client --server HOST:PORT --model NAME [--signature serving_default|predict_images]
-                  [--version V] [--json] [--timeout S] [--batch-size N] [--retries N] IMAGE...
+                  [--version V] [--json] [--timeout S] [--batch-size N] [--retries N]
+                  [--tls [--root-certs FILE] [--tls-cert FILE --tls-key FILE]
+                   [--tls-server-name NAME]] [--auth-header NAME=VALUE ...] IMAGE...
 
 Exit status of ``client``: 0 ok; 2 bad input (a file, a flag, or a request the
 server refused: INVALID_ARGUMENT, NOT_FOUND (also: no version loaded, as TF
-Serving answers it), FAILED_PRECONDITION, OUT_OF_RANGE); 1 the server or the
-network failed (UNAVAILABLE or RESOURCE_EXHAUSTED after gRPC's retries,
-DEADLINE_EXCEEDED, INTERNAL, ...).
+Serving answers it), FAILED_PRECONDITION, OUT_OF_RANGE, and UNAUTHENTICATED /
+PERMISSION_DENIED: a missing or wrong token, which the same call would get again);
+1 the server or the network failed (UNAVAILABLE or RESOURCE_EXHAUSTED after gRPC's
+retries, DEADLINE_EXCEEDED, INTERNAL, ...; a TLS handshake failure is UNAVAILABLE).
 """
 from __future__ import annotations
 
@@ -44,8 +48,65 @@ def _port(text: str) -> int:
     return value
 
 
+def _quiet_grpc_core() -> None:
+    """gRPC's C core logs TLS handshake failures on stderr itself; the client reports them in
+    its one error line instead (CNNRNN_DEBUG=1 or GRPC_VERBOSITY keeps gRPC's own logs).
+    ``serve`` keeps them: there they are the operator's log of refused connections."""
+    import os
+
+    if os.environ.get("CNNRNN_DEBUG") != "1":
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+
+def _check_local_files(*flags_and_paths) -> None:
+    """Missing local files named by flags, reported before gRPC or TensorFlow is imported."""
+    import os
+
+    from cnnrnn_tf.errors import InputError
+
+    for flag, path in flags_and_paths:
+        if path and "://" not in path and not os.path.isfile(path):
+            what = "not a file" if os.path.exists(path) else "no such file"
+            raise InputError(f"{flag} {path}: {what}")
+
+
+def _check_serve_flags(args) -> None:
+    from cnnrnn_tf.errors import InputError
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InputError("--tls-cert and --tls-key: give both (the server's certificate and "
+                         "its key) or neither")
+    if args.tls_client_ca and not args.tls_cert:
+        raise InputError("--tls-client-ca: only with --tls-cert and --tls-key")
+    _check_local_files(("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
+                       ("--tls-client-ca", args.tls_client_ca),
+                       ("--auth-token-file", args.auth_token_file))
+
+
+def _serve_security(args):
+    """(server credentials or None, token or None) from the serve flags, checked."""
+    from cnnrnn_tf.serving import security
+
+    credentials = (security.server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+                   if args.tls_cert else None)
+    token = security.read_token(args.auth_token_file) if args.auth_token_file else None
+    return credentials, token
+
+
+def _client_security(args):
+    """(channel credentials or None, metadata pairs) from the client flags, checked."""
+    from cnnrnn_tf.serving import security
+
+    metadata = security.parse_auth_headers(args.auth_header)
+    if not security.tls_requested(args):
+        return None, metadata
+    return security.channel_credentials(args.root_certs, args.tls_cert, args.tls_key), metadata
+
+
 def cmd_serve(args) -> int:
+    _check_serve_flags(args)
     _need_serving_extra()
+    credentials, token = _serve_security(args)
     import logging
     import signal
     import threading
@@ -63,7 +124,8 @@ def cmd_serve(args) -> int:
     server = ModelServer(args.model_base_path, args.model_name, port=args.port,
                          rest_port=args.rest_port or None, host=args.host,
                          max_batch_size=args.max_batch_size, poll_seconds=args.poll_seconds,
-                         num_versions=args.num_versions, limits=limits)
+                         num_versions=args.num_versions, limits=limits,
+                         credentials=credentials, auth_token=token)
     stop = threading.Event()
     previous = {}
     try:
@@ -71,9 +133,13 @@ def cmd_serve(args) -> int:
             previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
         server.start()
         versions = sorted(server.manager.versions) or "none yet"
-        rest = f", REST {server.rest_url}" if server.rest_url else ""
+        rest = f", REST {server.rest_url} (plain HTTP)" if server.rest_url else ""
+        grpc_kind = ("gRPC with TLS" + (" (client certificates required)"
+                                        if args.tls_client_ca else "")) if credentials else "gRPC"
+        if token is not None:
+            grpc_kind += ", token auth"
         print(f"serving model {args.model_name!r} (versions {versions}) from "
-              f"{server.manager.base_path}: gRPC {server.grpc_address}{rest} "
+              f"{server.manager.base_path}: {grpc_kind} {server.grpc_address}{rest} "
               "(Ctrl-C to stop)", flush=True)
         while not stop.wait(0.5):
             pass
@@ -86,13 +152,22 @@ def cmd_serve(args) -> int:
 
 
 def cmd_client(args) -> int:
+    _check_local_files(("--root-certs", args.root_certs), ("--tls-cert", args.tls_cert),
+                       ("--tls-key", args.tls_key))
+    _quiet_grpc_core()
+    try:  # flag errors first: this imports grpc, not TensorFlow
+        credentials, metadata = _client_security(args)
+    except ImportError:
+        _need_serving_extra()
+        raise
     _need_serving_extra()
     from cnnrnn_tf.serving.client import ServingClient, ServingError
 
     try:
         with ServingClient(args.server, args.model, signature=args.signature,
                            version=args.version, timeout=args.timeout,
-                           retries=args.retries) as client:
+                           retries=args.retries, credentials=credentials,
+                           server_name=args.tls_server_name, metadata=metadata) as client:
             for result in client.predict_files(args.images, batch_size=args.batch_size):
                 if args.json:
                     print(json.dumps(result, ensure_ascii=False), flush=True)
@@ -149,6 +224,17 @@ def add_serving_commands(sub, parser_class) -> None:
                         "--rest_api_timeout_in_ms")
     p.add_argument("--grace-seconds", type=positive_float, default=5.0,
                    help="on SIGINT/SIGTERM, time left to requests in flight")
+    p.add_argument("--tls-cert", metavar="FILE", default=None,
+                   help="PEM certificate (chain) of the server: gRPC over TLS, as TF Serving's "
+                        "--ssl_config_file (REST stays plain HTTP)")
+    p.add_argument("--tls-key", metavar="FILE", default=None,
+                   help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", metavar="FILE", default=None,
+                   help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    p.add_argument("--auth-token-file", metavar="FILE", default=None,
+                   help="refuse gRPC calls and REST requests without 'authorization: Bearer "
+                        "<token>' (UNAUTHENTICATED, REST 401); the token is the file's "
+                        "content, whitespace stripped")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("client", help="label sets for image files from a model server (gRPC)")
@@ -166,5 +252,20 @@ def add_serving_commands(sub, parser_class) -> None:
     p.add_argument("--retries", type=non_negative_int, default=3,
                    help="retries (gRPC's retry policy, at most 4) of a call that got "
                         "UNAVAILABLE or RESOURCE_EXHAUSTED, with exponential backoff")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--tls", action="store_true",
+                   help="connect over TLS (the server's certificate is checked against "
+                        "--root-certs, or the system's roots)")
+    p.add_argument("--root-certs", metavar="FILE", default=None,
+                   help="with --tls: PEM CA bundle that signed the server's certificate")
+    p.add_argument("--tls-cert", metavar="FILE", default=None,
+                   help="with --tls: PEM client certificate, for servers that require one")
+    p.add_argument("--tls-key", metavar="FILE", default=None,
+                   help="with --tls: PEM private key of --tls-cert")
+    p.add_argument("--tls-server-name", metavar="NAME", default=None,
+                   help="with --tls: the name to check the server's certificate against, when "
+                        "it differs from the --server host (grpc.ssl_target_name_override)")
+    p.add_argument("--auth-header", metavar="NAME=VALUE", action="append", default=[],
+                   help="call metadata sent with every call (repeatable), e.g. "
+                        "'authorization=Bearer TOKEN' for 'cnnrnn serve --auth-token-file'")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to send")
     p.set_defaults(func=cmd_client)

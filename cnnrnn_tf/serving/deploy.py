@@ -3,6 +3,8 @@
     python -m cnnrnn_tf.serving.deploy models-config --model cnnrnn=/models/cnnrnn   # models.config
     python -m cnnrnn_tf.serving.deploy batching           # batching_parameters.txt
     python -m cnnrnn_tf.serving.deploy check serving/   # parse-checks the files (what the tests do)
+    python -m cnnrnn_tf.serving.deploy check serving/ --saved-model SERVING_DIR/cnnrnn/3
+                                        # ... and refuses a SavedModel newer than the image
 
 ``models_config`` writes TF Serving's ``ModelServerConfig`` text proto (the
 ``--model_config_file``), built with TF Serving's own proto so it always parses.
@@ -10,20 +12,37 @@ The batching parameters (``--batching_parameters_file``) are a
 ``tensorflow.serving.BatchingParameters`` text proto; that message is not in the
 ``tensorflow-serving-api`` wheel, so :func:`batching_parameters_class` rebuilds
 it from its definition in TF Serving's ``session_bundle_config.proto`` (the
-long-standing fields 1-7) to parse-check the file.
+long-standing fields 1-7) to parse-check the file. ``monitoring.config``
+(``--monitoring_config_file``, TF Serving's Prometheus endpoint) is rebuilt the same way
+from ``monitoring_config.proto``.
+
+The serving image must run a TensorFlow at least as new as the one that exported the
+model: a SavedModel records its TensorFlow version (``saved_model.pb``, MetaInfoDef
+``tensorflow_version``), and a TF Serving built on an older TensorFlow can fail to load
+ops or attributes it does not know. :func:`image_version_problem` compares that version
+with the ``tensorflow/serving:<version>[-gpu]`` tags of the manifests, on major.minor
+(TF Serving releases follow TensorFlow's minor releases; patch releases do not change
+the op set). ``cnnrnn export`` warns, ``deploy check --saved-model`` refuses.
 """
 from __future__ import annotations
 
 import argparse
 import functools
-import os
 import re
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from cnnrnn_tf.errors import InputError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The image the manifests in serving/ pin (tests keep the two equal); what ``cnnrnn
+# export`` compares with when it is given no manifests folder.
+SERVING_IMAGE = "tensorflow/serving:2.16.1"
+SERVING_REPOSITORY = "tensorflow/serving"
+MANIFESTS = ("docker-compose.yml", "kubernetes.yaml", "docker-compose.gpu.yml",
+             "kubernetes.gpu.yaml")
+MONITORING_PATH = "/monitoring/prometheus/metrics"
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 def models_config(models: Dict[str, str], num_versions: int = 2) -> str:
@@ -73,10 +92,20 @@ _BATCHING_FIELDS = (  # session_bundle_config.proto, message BatchingParameters
 )
 
 
+def message_class(pool, full_name: str):
+    """The message class of ``full_name`` in a descriptor pool (any protobuf version)."""
+    from google.protobuf import message_factory
+
+    descriptor = pool.FindMessageTypeByName(full_name)
+    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
+        return message_factory.GetMessageClass(descriptor)
+    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
+
+
 @functools.lru_cache(maxsize=None)
 def batching_parameters_class():
     """The ``tensorflow.serving.BatchingParameters`` message class, built from its definition."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+    from google.protobuf import descriptor_pb2, descriptor_pool, wrappers_pb2
 
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
@@ -95,10 +124,7 @@ def batching_parameters_class():
         else:
             field.type, field.type_name = F.TYPE_MESSAGE, f".google.protobuf.{kind}"
     pool.Add(proto)
-    descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
-        return message_factory.GetMessageClass(descriptor)
-    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
+    return message_class(pool, "tensorflow.serving.BatchingParameters")
 
 
 def batching_parameters(max_batch_size: int = 32, batch_timeout_micros: int = 2000,
@@ -133,17 +159,146 @@ def parse_batching_parameters(text: str):
     return params
 
 
+@functools.lru_cache(maxsize=None)
+def monitoring_config_class():
+    """``tensorflow.serving.MonitoringConfig`` (monitoring_config.proto), which the
+    ``tensorflow-serving-api`` wheel lacks, built from its definition."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    pool = descriptor_pool.DescriptorPool()
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="cnnrnn_tf/serving/monitoring_config_subset.proto",
+        package="tensorflow.serving", syntax="proto3")
+    F = descriptor_pb2.FieldDescriptorProto
+    prometheus = proto.message_type.add(name="PrometheusConfig")
+    prometheus.field.add(name="enable", number=1, label=F.LABEL_OPTIONAL, type=F.TYPE_BOOL)
+    prometheus.field.add(name="path", number=2, label=F.LABEL_OPTIONAL, type=F.TYPE_STRING)
+    monitoring = proto.message_type.add(name="MonitoringConfig")
+    monitoring.field.add(name="prometheus_config", number=1, label=F.LABEL_OPTIONAL,
+                         type=F.TYPE_MESSAGE, type_name=".tensorflow.serving.PrometheusConfig")
+    pool.Add(proto)
+    return message_class(pool, "tensorflow.serving.MonitoringConfig")
+
+
+def parse_monitoring_config(text: str):
+    """Parses a ``--monitoring_config_file`` (raises text_format.ParseError)."""
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, monitoring_config_class()())
+
+
+def _read(folder: str, name: str) -> str:
+    import tensorflow as tf
+
+    path = folder.rstrip("/") + "/" + name
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return f.read()
+    except tf.errors.NotFoundError:
+        raise InputError(f"{path}: no such file") from None
+
+
 def check_folder(folder: str) -> None:
-    """Parse-checks serving/: models.config, batching_parameters.txt, the YAML files."""
+    """Parse-checks serving/: models.config, batching_parameters.txt, monitoring.config,
+    the YAML manifests (CPU and GPU), and that they pin a tensorflow/serving image."""
     import yaml
 
-    with open(os.path.join(folder, "models.config"), encoding="utf-8") as f:
-        parse_models_config(f.read())
-    with open(os.path.join(folder, "batching_parameters.txt"), encoding="utf-8") as f:
-        parse_batching_parameters(f.read())
-    for name in ("docker-compose.yml", "kubernetes.yaml"):
-        with open(os.path.join(folder, name), encoding="utf-8") as f:
-            list(yaml.safe_load_all(f))
+    parse_models_config(_read(folder, "models.config"))
+    parse_batching_parameters(_read(folder, "batching_parameters.txt"))
+    parse_monitoring_config(_read(folder, "monitoring.config"))
+    for name in MANIFESTS:
+        docs = list(yaml.safe_load_all(_read(folder, name)))
+        if not list(_images(docs)):
+            raise InputError(f"{folder}/{name}: no {SERVING_REPOSITORY} image in it")
+
+
+# --------------------------------------------------------------------------- versions
+def parse_version(text: str) -> Optional[Tuple[int, int, int]]:
+    """"2.16.1", "2.16.1-gpu", "2.17.0-rc1", "v2.16" -> (2, 16, 1)...; None if no version."""
+    match = _VERSION.match(text or "")
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+
+
+def saved_model_tf_version(saved_model_dir: str) -> str:
+    """The TensorFlow version recorded in ``saved_model.pb`` (MetaInfoDef tensorflow_version)."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = saved_model_dir.rstrip("/") + "/saved_model.pb"
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+    except tf.errors.OpError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.message})") from None
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString(data)
+    except Exception:  # google.protobuf.message.DecodeError
+        raise InputError(f"{path}: not a SavedModel") from None
+    versions = [m.meta_info_def.tensorflow_version for m in proto.meta_graphs]
+    if not versions or not versions[0]:
+        raise InputError(f"{path}: records no TensorFlow version")
+    return versions[0]
+
+
+def _images(node):
+    """Every ``tensorflow/serving[:tag]`` image named under an ``image`` key."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "image" and isinstance(value, str) and \
+                    value.split(":")[0].split("@")[0].endswith(SERVING_REPOSITORY):
+                yield value
+            else:
+                yield from _images(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _images(item)
+
+
+def serving_images(folder: str) -> Dict[str, List[str]]:
+    """{manifest file: [tensorflow/serving images]} for the YAML manifests in ``folder``."""
+    import tensorflow as tf
+    import yaml
+
+    found = {}
+    try:
+        names = sorted(tf.io.gfile.listdir(folder))
+    except tf.errors.OpError:
+        raise InputError(f"{folder}: not a folder of serving manifests") from None
+    for name in names:
+        if name.endswith((".yml", ".yaml")):
+            images = list(_images(list(yaml.safe_load_all(_read(folder, name)))))
+            if images:
+                found[f"{folder.rstrip('/')}/{name}"] = images
+    if not found:
+        raise InputError(f"{folder}: no *.yml / *.yaml file names a {SERVING_REPOSITORY} image")
+    return found
+
+
+def image_version_problem(saved_model_dir: str, manifests: Optional[str] = None,
+                          tf_version: Optional[str] = None) -> Optional[str]:
+    """One line when a serving image is older (major.minor) than the TensorFlow that exported
+    ``saved_model_dir``; None when every image is recent enough (or has no version tag,
+    e.g. ``:latest`` or a digest). ``manifests``: a folder of manifests (default: the image
+    this release pins, :data:`SERVING_IMAGE`)."""
+    exported = tf_version or saved_model_tf_version(saved_model_dir)
+    want = parse_version(exported)
+    if want is None:
+        return None
+    images = serving_images(manifests) if manifests else {"the pinned image": [SERVING_IMAGE]}
+    for where, names in images.items():
+        for image in names:
+            tag = image.split("@")[0].rpartition(":")[2] if ":" in image.split("@")[0] else ""
+            have = parse_version(tag)
+            if have is not None and have[:2] < want[:2]:
+                return (f"{saved_model_dir} was exported with TensorFlow {exported}, newer than "
+                        f"the serving image {image} ({where}); TF Serving {have[0]}.{have[1]} "
+                        "may fail to load it: use tensorflow/serving:"
+                        f"{want[0]}.{want[1]}.x or newer, or export with TensorFlow "
+                        f"{have[0]}.{have[1]}")
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -159,6 +314,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--num-batch-threads", type=int, default=4)
     p = sub.add_parser("check", help="parse-check a serving/ folder")
     p.add_argument("folder")
+    p.add_argument("--saved-model", action="append", default=[], metavar="DIR",
+                   help="also refuse this SavedModel when it was exported with a newer "
+                        "TensorFlow than the folder's tensorflow/serving images (repeatable)")
     args = parser.parse_args(argv)
     try:
         if args.what == "models-config":
@@ -177,6 +335,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 allowed_batch_sizes=sizes + [args.max_batch_size]))
         else:
             check_folder(args.folder)
+            for saved_model in args.saved_model:
+                problem = image_version_problem(saved_model, args.folder)
+                if problem:
+                    raise InputError(problem)
             print(f"{args.folder}: ok")
     except (InputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -77,6 +77,7 @@ from tensorflow_serving.apis import (
 )
 
 from cnnrnn_tf import uri
+from cnnrnn_tf.serving import security
 from cnnrnn_tf.errors import InputError
 
 log = logging.getLogger("cnnrnn_tf.serving")
@@ -909,7 +910,8 @@ class _Refusal(Exception):
         self.message = message
 
 
-def _make_rest_handler(core: PredictionCore, limits: ServerLimits):
+def _make_rest_handler(core: PredictionCore, limits: ServerLimits,
+                       auth_token: Optional[str] = None):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "cnnrnn-dev-model-server"
@@ -997,6 +999,10 @@ def _make_rest_handler(core: PredictionCore, limits: ServerLimits):
                         # TF Serving's HTTP server has no handler outside /v1/: 404.
                         raise RequestError(grpc.StatusCode.NOT_FOUND,
                                            f"Not found: {method} {path}")
+                    refusal = security.auth_refusal_for(self.headers.get("Authorization"),
+                                                        auth_token)
+                    if refusal:
+                        raise RequestError(grpc.StatusCode.UNAUTHENTICATED, refusal)
                     answer = self._handle(method, path, raw, deadline)
                     self._answer(200, answer)
                 except RequestError as exc:
@@ -1171,14 +1177,18 @@ class ModelServer:
     after ``start()``); ``rest_port=None`` disables REST. ``model_base_path`` may be a
     URI (``s3://``, ``gs://``, ``ram://``). ``limits`` (a :class:`ServerLimits`) bounds
     what clients can make it spend; ``max_workers`` is ``limits.workers`` when no
-    ``limits`` are given.
+    ``limits`` are given. ``credentials`` (:func:`security.server_credentials`) put gRPC
+    behind TLS; ``auth_token`` makes gRPC and REST refuse requests without
+    ``authorization: Bearer <token>`` (UNAUTHENTICATED, REST 401). REST stays plain HTTP.
     """
 
     def __init__(self, model_base_path: str, model_name: str, port: int = 8500,
                  rest_port: Optional[int] = 8501, host: str = "127.0.0.1",
                  max_batch_size: Optional[int] = None, poll_seconds: float = 2.0,
                  num_versions: int = 2, max_workers: int = 8, warmup: bool = True,
-                 limits: Optional[ServerLimits] = None):
+                 limits: Optional[ServerLimits] = None,
+                 credentials: Optional[grpc.ServerCredentials] = None,
+                 auth_token: Optional[str] = None):
         uri.ensure_filesystem(model_base_path)
         base = uri.absolute(model_base_path)
         try:
@@ -1202,6 +1212,8 @@ class ModelServer:
         self.limits = limits or ServerLimits(workers=max_workers)
         self._port = port
         self._rest_port = rest_port
+        self.credentials = credentials
+        self.auth_token = auth_token
         self.grpc_port: Optional[int] = None
         self.rest_port: Optional[int] = None
         self._grpc = None
@@ -1233,12 +1245,14 @@ class ModelServer:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.workers,
                                                         thread_name_prefix="grpc"),
                              options=options,
+                             interceptors=security.server_interceptors(self.auth_token),
                              maximum_concurrent_rpcs=limits.grpc_concurrency)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.core), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.core), server)
         try:
-            self.grpc_port = server.add_insecure_port(f"{self.host}:{self._port}")
+            self.grpc_port = security.add_port(server, f"{self.host}:{self._port}",
+                                               self.credentials)
         except RuntimeError:
             self.grpc_port = 0
         if not self.grpc_port:
@@ -1247,7 +1261,8 @@ class ModelServer:
         if self._rest_port is not None:
             try:
                 self._http = _RestServer((self.host, self._rest_port),
-                                         _make_rest_handler(self.core, limits), limits)
+                                         _make_rest_handler(self.core, limits, self.auth_token),
+                                         limits)
             except OSError as exc:
                 raise InputError(f"cannot listen on {self.host}:{self._rest_port} for REST "
                                  f"({exc.strerror}); choose another --rest-port") from None
