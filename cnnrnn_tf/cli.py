@@ -126,10 +126,15 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
+    config = _train_config(args)  # flag errors first, then TF_CONFIG, then the paths
+    if os.environ.get("TF_CONFIG"):
+        from cnnrnn_tf.cluster import ClusterConfig
+
+        ClusterConfig.from_environment()
+    check_local_inputs(args)
     from cnnrnn_tf.metrics import format_table
     from cnnrnn_tf.training import train
 
-    config = _train_config(args)
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     result = train(config, args.train, args.eval, args.out, test_data=args.test,
                    verbose=verbose)
@@ -679,7 +684,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     _quiet_startup(args.log_level)
     try:
-        check_local_inputs(args)
+        if args.func is not cmd_train:  # cmd_train checks its flags first
+            check_local_inputs(args)
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

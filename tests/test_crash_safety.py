@@ -223,7 +223,8 @@ def test_early_stopping_state_survives_an_interrupted_run(tmp_path):
     with pytest.raises(_Interrupted):
         _fit_with_scores(tmp_path / "b", scores, 8, interrupt_after=2)
     state = json.loads((tmp_path / "b" / "early_stopping.json").read_text())
-    assert state == {"epoch": 3, "best": 0.9, "wait": 1, "best_epoch": 1, "best_weights": True}
+    assert state == {"epoch": 3, "best": 0.9, "wait": 1, "best_epoch": 1, "best_weights": True,
+                     "best_tie": None}  # no val_loss in these logs: no tie-breaker value
     model, history, _, stopping = _fit_with_scores(tmp_path / "b", scores, 8)
     assert len(history["loss"]) == 1  # epoch 3 only, then it stops
     assert (stopping.best_epoch, stopping.stopped_epoch, stopping.best) == (1, 3, 0.9)
