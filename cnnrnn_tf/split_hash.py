@@ -34,9 +34,17 @@ def record_key(record: bytes) -> bytes:
     except Exception:  # noqa: BLE001 - an unparseable record is hashed by its bytes
         return record
     feature = example.features.feature.get(ID_KEY)
-    if feature is not None and feature.bytes_list.value and feature.bytes_list.value[0]:
-        return feature.bytes_list.value[0]
-    return record
+    image_id = feature.bytes_list.value[0] if feature is not None and feature.bytes_list.value \
+        else b""
+    return key_of(image_id, record)
+
+
+def key_of(image_id, record: bytes) -> bytes:
+    """The hash key of a record whose ``image/id`` is already known (str or bytes): the id
+    when it is non-empty, else the serialized record."""
+    if isinstance(image_id, str):
+        image_id = image_id.encode("utf-8")
+    return image_id or record
 
 
 def split_point(key: bytes, seed: int = 0) -> float:

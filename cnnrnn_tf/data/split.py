@@ -42,6 +42,7 @@ from cnnrnn_tf.data.converters import (
     write_label_counts,
 )
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.split_hash import key_of
 from cnnrnn_tf.split_hash import split_point as val_point  # noqa: F401 (exported)
 from cnnrnn_tf.schema import COMPRESSION, ShardWriter, list_shards, parse_example_proto
 
@@ -127,7 +128,7 @@ def split_train_val(
             with writers["train"], writers["val"]:
                 for path, index, serialized in _read(files):
                     record = parse_example_proto(serialized, f"{path} record {index}")
-                    key = record.image_id.encode("utf-8") if record.image_id else serialized
+                    key = key_of(record.image_id, serialized)
                     side = "val" if val_point(key, seed) < val_fraction else "train"
                     writers[side].write_serialized(serialized)
                     label_counts[side].update(dict.fromkeys(record.labels, 1))
