@@ -1,7 +1,7 @@
 """The paper's beam search (0.3.0) against 0.2.0's, best-path score on random step tables.
 
 0.2.0 let live paths push finished ones out of the K slots of one top_k. This reads 0.2.0's
-cnnrnn_tf/beam_search.py from git (commit 08e618f) and compares the best path's
+cnnrnn_tf/models/beam_search.py from git (commit 08e618f) and compares the best path's
 log-probability of both on the same random tables (2,000 problems per row, 7-9 tokens, 3-4
 steps). Run from a clone: ``python benchmarks/beam_search_vs_0_2_0.py`` (about 20 s).
 """
@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from cnnrnn_tf.beam_search import beam_search as new_search
+from cnnrnn_tf.models.beam_search import beam_search as new_search
 
 OLD_COMMIT = "08e618f"
 M, MUL, END = 211, 31, 0
@@ -21,7 +21,7 @@ PROBLEMS = 2000
 
 
 def old_search_fn():
-    source = subprocess.run(["git", "show", f"{OLD_COMMIT}:cnnrnn_tf/beam_search.py"],
+    source = subprocess.run(["git", "show", f"{OLD_COMMIT}:cnnrnn_tf/models/beam_search.py"],
                             capture_output=True, text=True, check=True).stdout
     path = tempfile.NamedTemporaryFile("w", suffix="_beam_0_2_0.py", delete=False).name
     with open(path, "w") as f:

@@ -1,7 +1,7 @@
 """Which epoch does fine-tuning select, and does it predict the new label?
 
 For each seed: a tiny CNN-RNN is trained for one epoch on the shape scenes of the tests
-(``tests/conftest.py``, optionally noisier), then fine-tuned (``cnnrnn_tf.finetune.finetune``)
+(``tests/conftest.py``, optionally noisier), then fine-tuned (``cnnrnn_tf.training.finetune.finetune``)
 on such scenes of which half carry a yellow frame and the new label ``frame``. Every
 epoch's validation loss, decoded CF1 / OF1 / val_f1 and the new label's recall and
 predicted count on the validation split are printed, with the epoch EarlyStopping kept
@@ -25,7 +25,7 @@ TINY = dict(image_size=32, batch_size=16, lstm_units=32, embed_dim=16, beam_size
 
 def new_label_recall(model, vocab, data, label):
     """(recall, images predicted with it) of ``label`` on ``data``, beam-search decoded."""
-    from cnnrnn_tf.evaluation import predict_dataset
+    from cnnrnn_tf.evaluation.evaluate import predict_dataset
 
     preds = predict_dataset(model, vocab, data, TINY["image_size"])
     k = vocab.index[label]
@@ -96,8 +96,8 @@ def epoch_table(args, work, seed):
 
     from cnnrnn_tf import schema
     from cnnrnn_tf.config import TrainConfig
-    from cnnrnn_tf.dataset import scan_labels
-    from cnnrnn_tf.finetune import finetune, finetune_vocabulary, new_labels_in
+    from cnnrnn_tf.inputs.dataset import scan_labels
+    from cnnrnn_tf.training.finetune import finetune, finetune_vocabulary, new_labels_in
     from cnnrnn_tf.model_dir import load_model_dir
     from cnnrnn_tf.training import train
 

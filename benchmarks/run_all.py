@@ -248,7 +248,7 @@ def _headline(metrics):
 
 
 def beam_run(args, cache, run, grammar, beam):
-    from cnnrnn_tf.evaluation import evaluate_model
+    from cnnrnn_tf.evaluation.evaluate import evaluate_model
     from cnnrnn_tf.model_dir import load_model_dir
 
     key = f"beam-{run['name']}-b{beam}"
@@ -269,7 +269,7 @@ def speed_runs(args, cache, model_dir):
     """Latency of the trained small-CNN CNN-RNN and of a frozen EfficientNet-Lite0 CNN-RNN."""
     import numpy as np
 
-    from cnnrnn_tf.benchmark import benchmark_model
+    from cnnrnn_tf.evaluation.speed import benchmark_model
     from cnnrnn_tf.config import TrainConfig
     from cnnrnn_tf.model_dir import load_model_dir
     from cnnrnn_tf.models import build_model
@@ -306,7 +306,7 @@ def speed_runs(args, cache, model_dir):
                     r["command"] = (f"cnnrnn benchmark --model {mdir} --batch-size {batch} "
                                     f"--beam-size {beam} --repeats {args.speed_repeats} "
                                     f"--python-loop --json" if mdir else
-                                    f"benchmarks/run_all.py (cnnrnn_tf.benchmark.benchmark_model "
+                                    f"benchmarks/run_all.py (cnnrnn_tf.evaluation.speed.benchmark_model "
                                     f"on a freshly built model, batch {batch}, beam {beam})")
                     cached = cache.put(key, r)
                 rows.append(cached)
@@ -326,7 +326,7 @@ def serving_run(args, cache, model_dir):
     cached = None if args.remeasure_speed else cache.get(key)
     if cached is not None:
         return cached
-    from cnnrnn_tf.export import export_saved_model
+    from cnnrnn_tf.serving.export import export_saved_model
     from cnnrnn_tf.model_dir import load_model_dir
 
     base = os.path.join(args.work, "serving", os.path.basename(model_dir), "cnnrnn")

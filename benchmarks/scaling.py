@@ -15,7 +15,7 @@ For every size N it
    time and the peak resident memory: the sum over the process tree (driver and
    Beam workers, sampled every 0.2 s with psutil) and the driver's own;
 3. reads the converted data for one epoch through
-   ``cnnrnn_tf.dataset.make_dataset(..., mode="sequence", training=True)``
+   ``cnnrnn_tf.inputs.dataset.make_dataset(..., mode="sequence", training=True)``
    (decode, resize to ``--image-size``, shuffle, batch) in a fresh process, with
    ``cache=False`` and, when the decoded images fit ``--cache-budget-mb``, with
    ``cache=True`` (an in-memory cache of the decoded images: its size grows with N).
@@ -165,7 +165,7 @@ def input_pass(data: str, image_size: int, batch_size: int, cache: bool) -> Dict
     """One epoch of make_dataset(training=True) in this process (called as a subprocess)."""
     import resource
 
-    from cnnrnn_tf.dataset import make_dataset
+    from cnnrnn_tf.inputs.dataset import make_dataset
     from cnnrnn_tf.vocabulary import LabelVocabulary
 
     with open(os.path.join(data, "label_counts.json")) as f:

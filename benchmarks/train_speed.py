@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = r'''
 import json, sys, time
 import keras, numpy as np
-from cnnrnn_tf.dataset import make_dataset, scan_labels
+from cnnrnn_tf.inputs.dataset import make_dataset, scan_labels
 from cnnrnn_tf.models.encoders import build_encoder
 train_dir, eval_dir, size, batch, epochs, jit, out = sys.argv[1:8]
 size, batch, epochs = int(size), int(batch), int(epochs)

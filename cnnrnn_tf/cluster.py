@@ -8,7 +8,7 @@ place in it::
      "task": {"type": "worker", "index": 0}}
 
 When it names more than one ``chief`` / ``worker`` task, :func:`choose_strategy`
-(``cnnrnn_tf.training``) trains with ``tf.distribute.MultiWorkerMirroredStrategy``: every
+(``cnnrnn_tf.training.loop``) trains with ``tf.distribute.MultiWorkerMirroredStrategy``: every
 process runs the same program, gradients are summed across all of them at every step.
 The chief (the ``chief`` task, or ``worker`` 0 when there is none) writes MODEL_DIR; the
 other workers write into a temporary folder of their own, removed when they finish

@@ -60,13 +60,13 @@ class TrainConfig:
     beam_size: int = 3
     max_labels: Optional[int] = None  # None: the most labels of any training image (capped at 16)
     # BCE / ASL decision threshold. None (default): calibrated on the validation split after
-    # training (cnnrnn_tf.calibration): the global threshold that maximises
+    # training (cnnrnn_tf.metrics): the global threshold that maximises
     # threshold_metric, or one per class with per_class_threshold. A number fixes it.
     threshold: Optional[float] = None
     threshold_metric: str = "OF1"
     per_class_threshold: bool = False
     augment: bool = False  # colour jitter (brightness / contrast)
-    # The training recipe (the same for every model; see cnnrnn_tf.preprocessing.Augmentation):
+    # The training recipe (the same for every model; see cnnrnn_tf.inputs.images.Augmentation):
     crop_scale: Optional[float] = None  # random resized crop of crop_scale..1 of the area
     hflip: bool = False  # random horizontal flip: only where mirroring keeps the labels
     ema: bool = False  # evaluate, select and export an exponential moving average of the weights
@@ -89,7 +89,7 @@ class TrainConfig:
     # XLA for the training step: "auto" compiles on a GPU and not on the CPU, where
     # oneDNN without XLA was faster (BENCHMARKS.md, "Training speed"); "on" / "off" force it.
     jit_compile: str = "auto"
-    # Training steps per tf.function call; None: chosen (cnnrnn_tf.training.
+    # Training steps per tf.function call; None: chosen (cnnrnn_tf.training.loop.
     # choose_steps_per_execution), always a divisor of the steps per epoch.
     steps_per_execution: Optional[int] = None
     # The decoded input (or a frozen encoder's features): "auto" in memory when it fits
@@ -150,8 +150,8 @@ class TrainConfig:
             raise InputError("--patience: must be >= 0")
 
     def augmentation(self):
-        """The training images' :class:`~cnnrnn_tf.preprocessing.Augmentation`."""
-        from cnnrnn_tf.preprocessing import Augmentation
+        """The training images' :class:`~cnnrnn_tf.inputs.images.Augmentation`."""
+        from cnnrnn_tf.inputs.images import Augmentation
 
         return Augmentation(color=self.augment, crop_scale=self.crop_scale, hflip=self.hflip)
 

@@ -63,7 +63,7 @@ def label_vocabulary(transform_output_dir: str):
 
 
 def run_fn(fn_args) -> None:
-    """Trains with ``cnnrnn_tf.training.train`` and exports the serving SavedModel.
+    """Trains with ``cnnrnn_tf.training.loop.train`` and exports the serving SavedModel.
 
     Reads from ``fn_args``: ``custom_config`` (``train_config``: a TrainConfig dict,
     ``library_version``), ``transform_output`` (the label vocabulary),
@@ -83,8 +83,8 @@ def run_fn(fn_args) -> None:
     from cnnrnn_tf.cluster import is_chief, worker_dir
     from cnnrnn_tf.config import TrainConfig
     from cnnrnn_tf.errors import InputError
-    from cnnrnn_tf.export import export_saved_model
-    from cnnrnn_tf.training import choose_strategy, train
+    from cnnrnn_tf.serving.export import export_saved_model
+    from cnnrnn_tf.training.loop import choose_strategy, train
 
     custom = dict(fn_args.custom_config or {})
     # First: a multi-worker strategy must exist before TensorFlow runs anything.

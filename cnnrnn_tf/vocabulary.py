@@ -159,7 +159,7 @@ def label_rank(vocab: LabelVocabulary, order: str, seed: int = 0) -> np.ndarray:
     ``frequent-first``: the vocabulary order (it is sorted by frequency).
     ``rare-first``: the reverse. ``random``: a fixed random permutation drawn
     from ``seed`` (the same for every image, as in the paper's ablation).
-    ``pla`` / ``mla`` train orderless (``cnnrnn_tf.label_alignment``): the model
+    ``pla`` / ``mla`` train orderless (``cnnrnn_tf.models.label_alignment``): the model
     re-orders each sequence at every step; the dataset gives it frequent-first.
     """
     n = len(vocab)

@@ -175,7 +175,7 @@ images by each label's score; CP/CR/CF1 (per class, averaged) and
 OP/OR/OF1 (overall) score the predicted label sets; top-3 scores the three best labels.
 """),
     code("""
-from cnnrnn_tf.evaluation import predict_dataset
+from cnnrnn_tf.evaluation.evaluate import predict_dataset
 from cnnrnn_tf.metrics import format_table, multilabel_metrics, per_class_table
 
 TEST = os.path.join(DATA, "test")
@@ -193,13 +193,13 @@ Under each image: predicted labels in decoding order with their scores, green wh
 red when wrong; true labels the model missed in grey.
 """),
     code("""
-from cnnrnn_tf.report import plot_predictions
+from cnnrnn_tf.evaluation.report import plot_predictions
 
 plot_predictions(preds, TEST, list(vocab.labels), count=12)
 """),
     md("## 5. Average precision per label"),
     code("""
-from cnnrnn_tf.report import plot_per_class_ap
+from cnnrnn_tf.evaluation.report import plot_per_class_ap
 
 plot_per_class_ap(metrics)
 """),
@@ -210,7 +210,7 @@ Cell (i, j) is the fraction of images with label i that also have label j. The d
 models these dependencies: compare the structure of its predicted sets with the truth.
 """),
     code("""
-from cnnrnn_tf.report import plot_cooccurrence
+from cnnrnn_tf.evaluation.report import plot_cooccurrence
 
 plot_cooccurrence(preds.y_true, preds.y_pred, list(vocab.labels))
 """),
@@ -319,7 +319,7 @@ import csv
 import numpy as np
 from PIL import Image
 
-from cnnrnn_tf.report import example_images
+from cnnrnn_tf.evaluation.report import example_images
 
 NEW_LABEL = "framed"
 
@@ -396,7 +396,7 @@ only after all the others (with the default, the test saw it on 7 of 16 framed i
 The epoch it keeps is chosen on the validation split; the test split is not read here.
 """),
     code("""
-from cnnrnn_tf.finetune import finetune
+from cnnrnn_tf.training.finetune import finetune
 
 TUNED = os.path.join(WORK, "tuned_model")
 if not is_model_dir(TUNED):
@@ -409,7 +409,7 @@ print("new labels:", ", ".join(added) or "(none)")
 """),
     md("## 4. Evaluate: is the new label predicted?"),
     code("""
-from cnnrnn_tf.evaluation import predict_dataset
+from cnnrnn_tf.evaluation.evaluate import predict_dataset
 from cnnrnn_tf.metrics import format_table, multilabel_metrics, per_class_table
 
 TEST = TEST_DIR  # read for the first time: the model is final
@@ -428,7 +428,7 @@ for label in added:
           f"(and on {false_alarms} of {int((~has).sum())} that do not)")
 """),
     code("""
-from cnnrnn_tf.report import plot_predictions
+from cnnrnn_tf.evaluation.report import plot_predictions
 
 plot_predictions(preds, TEST, names, count=8)
 """),
@@ -446,7 +446,7 @@ import time
 
 import tensorflow as tf
 
-from cnnrnn_tf.export import export_saved_model
+from cnnrnn_tf.serving.export import export_saved_model
 from cnnrnn_tf.schema import iter_records
 
 version = str(int(time.time()))

@@ -38,7 +38,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from cnnrnn_tf import schema as tfexample_schema
 from cnnrnn_tf import uri
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.dataset import scan_labels
+from cnnrnn_tf.inputs.dataset import scan_labels
 
 LABEL_DOMAIN = "labels"
 SCHEMA_FILE = "schema.pbtxt"

@@ -20,7 +20,7 @@ fingerprints every shard of all three layouts for the cache: :data:`INPUT_CONFIG
 and its place in the Kubeflow V2 compiler.
 
 Records are copied byte for byte (never re-serialised). The side of a record is
-:func:`cnnrnn_tf.split_hash.assign_split`: a hash of its ``image/id`` (else of
+:func:`cnnrnn_tf.data.split_hash.assign_split`: a hash of its ``image/id`` (else of
 its bytes) salted with :data:`SPLIT_SEED`, so the same data always gives the same
 splits. A split left empty (e.g. three examples hash-split 8:1:1) fails the run
 with one line naming it. Every path may be a URI (``s3://``, ``gs://``): the
@@ -44,7 +44,7 @@ from tfx.types import artifact_utils, standard_component_specs
 
 from cnnrnn_tf import schema, uri
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.split_hash import assign_split
+from cnnrnn_tf.data.split_hash import assign_split
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ SPLIT_SEED = 0
 # train/ + test/: every CARVE_EVAL_EVERY-th train example (by hash) goes to eval.
 CARVE_EVAL_EVERY = 10
 # The carved sides first: a record whose hash point is below 0.1 goes to eval, as
-# `cnnrnn data split --val-fraction 0.1` puts it in val (cnnrnn_tf.split_hash).
+# `cnnrnn data split --val-fraction 0.1` puts it in val (cnnrnn_tf.data.split_hash).
 SINGLE_SHARES = (("eval", 1), ("test", 1), ("train", 8))
 CARVE_SHARES = (("eval", 1), ("train", CARVE_EVAL_EVERY - 1))
 # The driver fingerprints these patterns (missing ones count as 0 files), so any change

@@ -51,7 +51,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from cnnrnn_tf import __version__, uri
-from cnnrnn_tf.export import EVAL_SIGNATURES
+from cnnrnn_tf.serving.export import EVAL_SIGNATURES
 from cnnrnn_tf.tfx_module import TRAIN_CONFIG_KEY, VERSION_KEY
 from cnnrnn_pipeline.components import AnomalyGate, KubeflowInfraValidator
 from cnnrnn_pipeline.curated_schema import TEMPLATE

@@ -95,7 +95,7 @@ def assert_cli_error(code: int, err: str, needle: str, argparse_ok: bool = False
 
 def run_main(argv, capfd):
     """Runs the CLI in process; returns (exit code, stdout, stderr) at the fd level."""
-    from cnnrnn_tf.cli import main
+    from cnnrnn_tf.cli.app import main
 
     capfd.readouterr()
     try:
@@ -110,7 +110,7 @@ def build_tiny_model_dir(root) -> str:
     """train/, test/ and a tiny trained MODEL_DIR model/ (with saved_model/) under root."""
     from cnnrnn_tf import schema
     from cnnrnn_tf.config import TrainConfig
-    from cnnrnn_tf.training import train
+    from cnnrnn_tf.training.loop import train
     from tests.conftest import synthetic_records
 
     root = str(root)

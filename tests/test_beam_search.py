@@ -1,4 +1,4 @@
-"""Tests of cnnrnn_tf.beam_search against hand-computed tables and Python references."""
+"""Tests of cnnrnn_tf.models.beam_search against hand-computed tables and Python references."""
 import itertools
 import math
 import os
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cnnrnn_tf.beam_search import beam_search
+from cnnrnn_tf.models.beam_search import beam_search
 
 END, START = 0, 1
 A, B, C = 2, 3, 4  # three labels

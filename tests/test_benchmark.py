@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from cnnrnn_tf.cli import main
+from cnnrnn_tf.cli.app import main
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +15,7 @@ KEYS = ("encoder_ms_per_batch", "full_ms_per_batch", "decode_ms_per_batch", "ima
 def tiny_model_dir(tmp_path_factory):
     from cnnrnn_tf import schema
     from cnnrnn_tf.config import TrainConfig
-    from cnnrnn_tf.training import train
+    from cnnrnn_tf.training.loop import train
     from tests.conftest import synthetic_records
 
     root = tmp_path_factory.mktemp("bench")
@@ -58,7 +58,7 @@ def test_python_loop_decode_matches_in_graph_greedy(tiny_model_dir):
     import numpy as np
     import tensorflow as tf
 
-    from cnnrnn_tf.benchmark import python_loop_decode_function
+    from cnnrnn_tf.evaluation.speed import python_loop_decode_function
     from cnnrnn_tf.model_dir import load_model_dir
 
     model = load_model_dir(tiny_model_dir).model

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from cnnrnn_tf.cli import main
+from cnnrnn_tf.cli.app import main
 from tests.conftest import jpeg_bytes, png_bytes, synthetic_image
 
 pytestmark = pytest.mark.slow
@@ -138,7 +138,7 @@ def test_predict_bad_images(cli_model, capsys, tmp_path):
 
 
 def test_train_flags_reach_the_config():
-    from cnnrnn_tf.cli import _train_config, build_parser
+    from cnnrnn_tf.cli.app import _train_config, build_parser
 
     base = ["train", "--train", "a", "--eval", "b", "--out", "c"]
     config = _train_config(build_parser().parse_args(base))
@@ -149,7 +149,7 @@ def test_train_flags_reach_the_config():
 
 
 def test_paper_preset_reaches_the_model():
-    from cnnrnn_tf.cli import _train_config, build_parser
+    from cnnrnn_tf.cli.app import _train_config, build_parser
     from cnnrnn_tf.config import PAPER_SETTINGS, TrainConfig
     from cnnrnn_tf.models import build_model
 
@@ -164,7 +164,7 @@ def test_paper_preset_reaches_the_model():
     model = build_model(TrainConfig.paper(image_size=32, lstm_units=8, embed_dim=4), 5, 3)
     assert model.decoder.mask_seen is False and model.label_head is None
     assert model.decoder.dropout_rate == 0.0
-    from cnnrnn_tf.training import make_optimizer
+    from cnnrnn_tf.training.loop import make_optimizer
 
     lr = make_optimizer(TrainConfig.paper(), total_steps=100).learning_rate
     assert float(lr.numpy() if hasattr(lr, "numpy") else lr) == pytest.approx(1e-3)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cnnrnn_tf import cli
+from cnnrnn_tf.cli import app as cli
 
 # Runs the CLI in a fresh interpreter and reports whether TensorFlow got imported.
 PROBE = ("import sys; from cnnrnn_tf import cli; rc = cli.main(sys.argv[1:]); "

@@ -181,7 +181,7 @@ def _fit_with_scores(backup, scores, epochs, interrupt_after=None):
     import keras
     import numpy as np
 
-    from cnnrnn_tf.early_stopping import ResumableEarlyStopping
+    from cnnrnn_tf.training.early_stopping import ResumableEarlyStopping
 
     class Score(keras.callbacks.Callback):
         weights = {}
@@ -253,7 +253,7 @@ def _listing(folder):
 def test_failed_export_keeps_the_old_one(trained, tmp_path, monkeypatch, where):
     import tensorflow as tf
 
-    from cnnrnn_tf import export
+    from cnnrnn_tf.serving import export
 
     loaded, _ = trained
     out = tmp_path / "sm"
@@ -298,7 +298,7 @@ def test_export_replaced_while_a_reader_loads_it(trained, tmp_path):
 
     import tensorflow as tf
 
-    from cnnrnn_tf import export
+    from cnnrnn_tf.serving import export
 
     loaded, _ = trained
     out = tmp_path / "sm"

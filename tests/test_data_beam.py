@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from cnnrnn_tf.cli import main  # noqa: E402
+from cnnrnn_tf.cli.app import main  # noqa: E402
 from cnnrnn_tf.data import beam_writer, converters  # noqa: E402
 from cnnrnn_tf.data.converters import convert_coco, convert_csv, convert_voc  # noqa: E402
 from cnnrnn_tf.errors import InputError  # noqa: E402

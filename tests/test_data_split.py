@@ -242,7 +242,7 @@ def test_cli_prints_both_sides(data, tmp_path, capfd):
 def _data_subparser(name):
     import argparse
 
-    from cnnrnn_tf.cli import build_parser
+    from cnnrnn_tf.cli.app import build_parser
 
     def sub(parser, key):
         action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

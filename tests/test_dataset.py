@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from cnnrnn_tf import schema
-from cnnrnn_tf.dataset import make_dataset, scan_labels, sequence_targets
+from cnnrnn_tf.inputs.dataset import make_dataset, scan_labels, sequence_targets
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
 from tests.conftest import png_bytes, synthetic_image

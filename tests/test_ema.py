@@ -50,9 +50,9 @@ def _statistics_of(model, batches, num_batches):
 
 @pytest.mark.slow
 def test_ema_model_is_saved_with_its_own_batch_norm_statistics(tiny_data, tmp_path):
-    from cnnrnn_tf.ema_batch_norm import BN_BATCHES
+    from cnnrnn_tf.training.ema_batch_norm import BN_BATCHES
     from cnnrnn_tf.model_dir import load_model_dir
-    from cnnrnn_tf.training import ema_batch_norm_batches, plan_training, train
+    from cnnrnn_tf.training.loop import ema_batch_norm_batches, plan_training, train
 
     config = TrainConfig(**TINY_EMA)
     raw = RawStatistics()

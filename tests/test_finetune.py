@@ -11,7 +11,7 @@ import pytest
 
 from cnnrnn_tf.config import TrainConfig
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.finetune import (finetune, finetune_vocabulary, grow_vocabulary, new_labels_in,
+from cnnrnn_tf.training.finetune import (finetune, finetune_vocabulary, grow_vocabulary, new_labels_in,
                                 remap_vocabulary)
 from cnnrnn_tf.vocabulary import NUM_SPECIAL, LabelVocabulary
 
@@ -157,7 +157,7 @@ def _select(f1s, losses, patience=10, monitor="val_f1"):
     restores (each epoch's weights hold its index) and the number of epochs run."""
     import keras
 
-    from cnnrnn_tf.early_stopping import TieBreakingEarlyStopping
+    from cnnrnn_tf.training.early_stopping import TieBreakingEarlyStopping
 
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
     callback = TieBreakingEarlyStopping(monitor=monitor, mode="min" if monitor == "val_loss"
@@ -220,7 +220,7 @@ def framed_records(n, seed):
 def framed_data(tmp_path_factory):
     """A base MODEL_DIR (1 epoch on the shape scenes) and the framed scenes to fine-tune on."""
     from cnnrnn_tf import schema
-    from cnnrnn_tf.training import train
+    from cnnrnn_tf.training.loop import train
     from tests.conftest import synthetic_records
 
     root = tmp_path_factory.mktemp("finetune")
@@ -236,7 +236,7 @@ def framed_data(tmp_path_factory):
 
 @pytest.mark.slow
 def test_finetuned_model_predicts_the_new_label(framed_data, tmp_path):
-    from cnnrnn_tf.evaluation import predict_dataset
+    from cnnrnn_tf.evaluation.evaluate import predict_dataset
 
     root, base = framed_data
     result = finetune(str(root / "base"), str(root / "new_train"), str(root / "new_test"),
@@ -278,7 +278,7 @@ MIRRORED_FINETUNE_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from cnnrnn_tf.finetune import finetune
+    from cnnrnn_tf.training.finetune import finetune
     base, new_train, new_test, out = sys.argv[1:5]
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     result = finetune(base, new_train, new_test, out, epochs=1, verbose=0, strategy=strategy)
@@ -291,7 +291,7 @@ MIRRORED_FINETUNE_SCRIPT = textwrap.dedent("""
 def test_finetune_under_a_two_replica_strategy(framed_data, tmp_path):
     """0.4.0 grew the model outside the strategy scope: fit() failed with "colocate_vars_with
     must only be passed a variable created in this tf.distribute.Strategy.scope()"."""
-    from cnnrnn_tf.evaluation import predict_dataset
+    from cnnrnn_tf.evaluation.evaluate import predict_dataset
     from cnnrnn_tf.model_dir import load_model_dir
 
     root, base = framed_data
@@ -316,7 +316,7 @@ def test_random_order_survives_fine_tuning():
     """0.2.0 drew a new random permutation for the grown vocabulary."""
     from types import SimpleNamespace
 
-    from cnnrnn_tf.finetune import appended_rank, learned_rank
+    from cnnrnn_tf.training.finetune import appended_rank, learned_rank
     from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
 
     vocab = LabelVocabulary(tuple("abcdef"), (6, 5, 4, 3, 2, 1))

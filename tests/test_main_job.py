@@ -3,8 +3,10 @@ import json
 
 import pytest
 
-from cnnrnn_tf import main_job, schema
-from cnnrnn_tf.training import split_names
+from cnnrnn_tf import schema
+
+from cnnrnn_tf.cli import main_job
+from cnnrnn_tf.training.loop import split_names
 from tests.conftest import synthetic_records
 
 
@@ -46,7 +48,7 @@ def test_without_val_a_tenth_of_train_is_carved_out_once(tmp_path, capsys, per_s
 
 def test_a_model_selected_on_other_splits_is_trained_again(tmp_path, monkeypatch, capsys):
     """A 0.4.0 MODEL_DIR (selected on test/) is not reused; one of this run's splits is."""
-    import cnnrnn_tf.training as training
+    import cnnrnn_tf.training.loop as training
 
     out = tmp_path / "model"
     out.mkdir()

@@ -285,7 +285,7 @@ def test_vocabulary_ties_as_tft_vocabulary():
 
 
 def test_calibrated_threshold_maximises_the_metric_on_the_grid():
-    from cnnrnn_tf.calibration import GRID, choose_thresholds
+    from cnnrnn_tf.metrics import GRID, choose_thresholds
     from cnnrnn_tf.metrics import multilabel_metrics
 
     rng = np.random.RandomState(0)
@@ -309,7 +309,7 @@ def test_calibration_scores_the_sets_the_exported_decoder_predicts(per_class):
     model's own decode (the exported graph), not of sets thresholded over all labels."""
     import keras
 
-    from cnnrnn_tf.calibration import choose_thresholds, decoded_sets
+    from cnnrnn_tf.metrics import choose_thresholds, decoded_sets
     from cnnrnn_tf.metrics import multilabel_metrics
     from cnnrnn_tf.models import MultiLabelClassifier
 

@@ -4,7 +4,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from cnnrnn_tf.losses import AsymmetricLoss, sequence_crossentropy
+from cnnrnn_tf.models.losses import AsymmetricLoss, sequence_crossentropy
 from cnnrnn_tf.models import CNNRNN, LabelDecoder, MultiLabelClassifier
 from cnnrnn_tf.vocabulary import END_ID, START_ID
 
@@ -149,7 +149,7 @@ def test_asymmetric_loss_matches_hand_value_and_reduces_to_bce():
 
 
 def test_mixed_precision_fit_and_decode():
-    from cnnrnn_tf.training import precision_policy
+    from cnnrnn_tf.training.loop import precision_policy
 
     with precision_policy(True):
         model, inputs = make_cnn_rnn()
@@ -396,7 +396,7 @@ def test_smoothed_sequence_crossentropy():
     e > 0 spreads e over the tokens the step can emit only (masked logits get none, so the
     loss stays finite), and matches a hand-written soft-target cross-entropy with the same
     token mean: a tiny e changes the loss by no more than e does, whatever the lengths."""
-    from cnnrnn_tf.losses import SmoothedSequenceCrossentropy
+    from cnnrnn_tf.models.losses import SmoothedSequenceCrossentropy
     from cnnrnn_tf.vocabulary import MASK_LOGIT
 
     rng = np.random.RandomState(0)
@@ -435,7 +435,7 @@ def test_smoothed_sequence_crossentropy():
 
 
 def test_augmentation_crop_and_flip_are_seeded_and_keep_the_shape():
-    from cnnrnn_tf.preprocessing import Augmentation, augment_image
+    from cnnrnn_tf.inputs.images import Augmentation, augment_image
 
     image = tf.constant(np.random.RandomState(0).uniform(0, 255, (20, 20, 3)), tf.float32)
     seed = tf.constant([3, 4], tf.int64)
@@ -465,7 +465,7 @@ def test_attention_cnn_rnn_trains_with_pla():
         "label_set": np.array([[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 1], [0, 1, 0, 0]])}
     targets = np.array([[2, 3, 0, -1], [4, 0, -1, -1], [5, 2, 0, -1], [3, 0, -1, -1]])
     model(inputs)
-    from cnnrnn_tf import orderless
+    from cnnrnn_tf.models import orderless
 
     # One eager PLA pass (fit would XLA-compile the Hungarian step: minutes on 2 cores).
     logits, aligned, aux = orderless.forward(model, inputs, tf.constant(targets), training=True)

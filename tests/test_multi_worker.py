@@ -91,7 +91,7 @@ def test_bad_tf_config_gives_one_line_naming_the_field(text, message):
 def test_choose_strategy_keeps_the_normal_path_for_a_single_worker(monkeypatch):
     import tensorflow as tf
 
-    from cnnrnn_tf.training import choose_strategy
+    from cnnrnn_tf.training.loop import choose_strategy
 
     monkeypatch.setenv(TF_CONFIG, tf_config({"worker": ["localhost:2001"]}))
     assert not isinstance(choose_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
@@ -105,7 +105,7 @@ def test_choose_strategy_keeps_the_normal_path_for_a_single_worker(monkeypatch):
 
 def test_the_cli_answers_a_bad_tf_config_in_one_line_before_reading_data(
         tmp_path, monkeypatch, capsys):
-    from cnnrnn_tf.cli import main
+    from cnnrnn_tf.cli.app import main
 
     monkeypatch.setenv(TF_CONFIG, tf_config(TWO_WORKERS, index=3))
     status = main(["train", "--train", str(tmp_path / "none"), "--eval", str(tmp_path / "none"),
@@ -120,7 +120,7 @@ def test_the_cli_answers_a_bad_tf_config_in_one_line_before_reading_data(
 def test_workers_share_the_global_batches(tiny_data):
     import tensorflow as tf
 
-    from cnnrnn_tf.dataset import make_dataset, scan_labels
+    from cnnrnn_tf.inputs.dataset import make_dataset, scan_labels
 
     vocab = scan_labels(str(tiny_data / "train")).vocabulary()
     ds = make_dataset(str(tiny_data / "test"), vocab, mode="multi_hot", image_size=32,
@@ -135,7 +135,7 @@ def _two_workers_join(shards):
     what both contribute)."""
     import threading
 
-    from cnnrnn_tf.decoded_validation import join_shards
+    from cnnrnn_tf.training.decoded_validation import join_shards
 
     barrier = threading.Barrier(2)
     given, results = [{}, {}], [None, None]
@@ -162,7 +162,7 @@ def _two_workers_join(shards):
 
 
 def _scores(preds, calibrate):
-    from cnnrnn_tf.calibration import choose_thresholds
+    from cnnrnn_tf.metrics import choose_thresholds
     from cnnrnn_tf.metrics import multilabel_metrics
 
     y_pred = preds.y_pred
@@ -178,7 +178,7 @@ def test_sharded_decoded_validation_scores_the_whole_split(calibrate):
     """Two workers each decode every other record (tf.data shard); joined, their predictions
     are the whole split's rows, so the thresholds, CF1 / OF1 and mAP equal the unsharded
     ones exactly, where the mean of per-shard values does not."""
-    from cnnrnn_tf.evaluation import Predictions
+    from cnnrnn_tf.evaluation.evaluate import Predictions
 
     rng = np.random.RandomState(0)
     n, k = 37, 6
@@ -212,11 +212,11 @@ WORKER_SCRIPT = textwrap.dedent("""
     import json, logging, sys
     import tensorflow as tf
     from cnnrnn_tf.config import TrainConfig
-    from cnnrnn_tf.training import choose_strategy, train
+    from cnnrnn_tf.training.loop import choose_strategy, train
 
     strategy = choose_strategy()  # from TF_CONFIG, before TensorFlow runs anything
     logging.basicConfig()
-    logging.getLogger("cnnrnn_tf.decoded_validation").setLevel(logging.INFO)
+    logging.getLogger("cnnrnn_tf.training.decoded_validation").setLevel(logging.INFO)
     config = TrainConfig(**json.loads(sys.argv[4]))
     result = train(config, sys.argv[1], sys.argv[2], sys.argv[3], strategy=strategy, verbose=0)
     print("RESULT " + json.dumps({"history": result.history, "info": result.info,
@@ -246,7 +246,7 @@ def files_under(folder):
 
 @pytest.mark.slow
 def test_two_workers_on_localhost_train_like_one_process(tiny_data, tmp_path):
-    from cnnrnn_tf.training import train
+    from cnnrnn_tf.training.loop import train
     from cnnrnn_tf.config import TrainConfig
 
     train_dir, eval_dir = str(tiny_data / "train"), str(tiny_data / "test")

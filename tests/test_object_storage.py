@@ -80,7 +80,7 @@ def test_atomic_json_and_publish_on_a_remote_file_system():
 
 
 def test_shards_labels_and_vocabulary_on_ram():
-    from cnnrnn_tf.dataset import scan_labels
+    from cnnrnn_tf.inputs.dataset import scan_labels
     from cnnrnn_tf.schema import iter_records, write_records
     from cnnrnn_tf.vocabulary import LabelVocabulary
 

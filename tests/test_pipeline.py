@@ -121,9 +121,9 @@ def test_blessing_reads_eval_and_the_test_split_is_scored_apart(first_run):
         assert summary.test_metrics[name] == pytest.approx(on_test[name], abs=1e-6), name
     # The test split has no thresholds and no baseline: nothing is selected on it.
     assert not any(k.endswith("_diff") for k in summary.test_metrics)
-    # The library's evaluation (cnnrnn_tf.evaluation, Keras decode) of run_fn's MODEL_DIR
+    # The library's evaluation (cnnrnn_tf.evaluation.evaluate, Keras decode) of run_fn's MODEL_DIR
     # gives the same test numbers (run_fn itself leaves the scoring to the Evaluators).
-    from cnnrnn_tf.evaluation import evaluate_model
+    from cnnrnn_tf.evaluation.evaluate import evaluate_model
     from cnnrnn_tf.model_dir import load_model_dir
 
     model_dirs = glob.glob(str(root / "pipeline_root" / "Trainer" / "model_run" / "*" /

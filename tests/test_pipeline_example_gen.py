@@ -16,7 +16,7 @@ from cnnrnn_pipeline import example_gen  # noqa: E402
 
 from cnnrnn_tf import schema  # noqa: E402
 from cnnrnn_tf.errors import InputError  # noqa: E402
-from cnnrnn_tf.split_hash import assign_split, split_fraction  # noqa: E402
+from cnnrnn_tf.data.split_hash import assign_split, split_fraction  # noqa: E402
 from tests.conftest import synthetic_records  # noqa: E402
 
 pytestmark = [pytest.mark.pipeline]

@@ -237,7 +237,7 @@ def test_train_config_file_and_flags(tmp_path):
 # ------------------------------------------------------------------ end to end on s3://
 # The CLI in a child process: tensorflow-io can abort at interpreter exit, so the child
 # ends through cnnrnn_tf.uri.exit_process, which keeps the command's own status.
-CLI = ("import sys; from cnnrnn_tf.cli import main; from cnnrnn_tf.uri import exit_process; "
+CLI = ("import sys; from cnnrnn_tf.cli.app import main; from cnnrnn_tf.uri import exit_process; "
        "exit_process(main(sys.argv[1:]))")
 TINY = {"image_size": 32, "epochs": 1, "batch_size": 8, "lstm_units": 16, "embed_dim": 8}
 

@@ -4,8 +4,8 @@ import keras
 import pytest
 import tensorflow as tf
 
-from cnnrnn_tf.label_alignment import align_row, align_targets, inputs_from_targets
-from cnnrnn_tf.losses import sequence_crossentropy
+from cnnrnn_tf.models.label_alignment import align_row, align_targets, inputs_from_targets
+from cnnrnn_tf.models.losses import sequence_crossentropy
 from cnnrnn_tf.models import CNNRNN
 from cnnrnn_tf.vocabulary import END_ID, START_ID
 
@@ -84,7 +84,7 @@ def tiny_batch(n=8, seed=0):
 def test_hungarian_equals_scipy_on_thousands_of_random_matrices():
     from scipy.optimize import linear_sum_assignment
 
-    from cnnrnn_tf.orderless import hungarian
+    from cnnrnn_tf.models.orderless import hungarian
 
     rng = np.random.default_rng(0)
     solve = tf.function(hungarian, jit_compile=True)
@@ -104,7 +104,7 @@ def test_hungarian_equals_scipy_on_thousands_of_random_matrices():
 
 
 def reference_align(targets, logits, keep_predicted):
-    """The plain-Python alignment (scipy) of ``cnnrnn_tf.label_alignment``."""
+    """The plain-Python alignment (scipy) of ``cnnrnn_tf.models.label_alignment``."""
     special = np.arange(logits.shape[-1]) < 2
     steps = targets.shape[1] - 1
     preds = np.where(special, -1e9, logits[:, :steps]).argmax(-1)
@@ -115,7 +115,7 @@ def reference_align(targets, logits, keep_predicted):
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_in_graph_alignment_equals_the_scipy_reference(keep):
-    from cnnrnn_tf.orderless import align
+    from cnnrnn_tf.models.orderless import align
 
     rng = np.random.default_rng(1)
     b, steps, v = 500, 5, 12
@@ -130,7 +130,7 @@ def test_in_graph_alignment_equals_the_scipy_reference(keep):
 
 
 def test_pla_keeps_correctly_predicted_labels_in_place():
-    from cnnrnn_tf.orderless import align
+    from cnnrnn_tf.models.orderless import align
 
     # steps 0..2; the label argmax is 4 at step 0 (true), 7 at step 1 (false), 2 at step 2.
     logits = np.full((1, 4, V), -5.0, np.float32)
@@ -155,7 +155,7 @@ class CountingEncoder(keras.Model):
 
 
 def test_one_jit_compiled_step_runs_the_encoder_once_and_trains_the_free_running_pass():
-    from cnnrnn_tf import orderless
+    from cnnrnn_tf.models import orderless
 
     keras.utils.set_random_seed(0)
     encoder = CountingEncoder()
@@ -226,7 +226,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from cnnrnn_tf.config import TrainConfig
-from cnnrnn_tf.training import train
+from cnnrnn_tf.training.loop import train
 train_dir, eval_dir, out = sys.argv[1:4]
 runs = {}
 for order in ("pla", "frequent-first"):

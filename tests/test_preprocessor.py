@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from cnnrnn_tf import schema
-from cnnrnn_tf.preprocessor import Preprocessor, multi_hot
+from cnnrnn_tf.inputs.preprocessor import Preprocessor, multi_hot
 from tests.conftest import synthetic_image
 
 SIZES = ((20, 20), (47, 33), (100, 100), (300, 180), (64, 640))
@@ -33,9 +33,9 @@ def images_of_many_sizes(seed=0):
 
 
 def test_tf_data_signatures_and_predictor_see_identical_pixels(tmp_path):
-    from cnnrnn_tf.dataset import make_dataset
-    from cnnrnn_tf.export import ServingModule
-    from cnnrnn_tf.predictor import decode_image_bytes
+    from cnnrnn_tf.inputs.dataset import make_dataset
+    from cnnrnn_tf.serving.export import ServingModule
+    from cnnrnn_tf.serving.predictor import decode_image_bytes
     from cnnrnn_tf.vocabulary import LabelVocabulary
 
     vocab = LabelVocabulary(("red", "blue"), (1, 1))
@@ -85,9 +85,9 @@ def test_labels_order_sequence_and_whole_set():
 def test_evaluate_equals_the_saved_model_on_mixed_size_jpegs(tmp_path):
     """`cnnrnn evaluate` (tf.data + the Keras model) and the exported signatures agree."""
     from cnnrnn_tf.config import TrainConfig
-    from cnnrnn_tf.evaluation import evaluate_saved_model
+    from cnnrnn_tf.evaluation.evaluate import evaluate_saved_model
     from cnnrnn_tf.metrics import multilabel_metrics
-    from cnnrnn_tf.training import train
+    from cnnrnn_tf.training.loop import train
     from tests.conftest import synthetic_records
 
     def jpeg_records(n, seed):
@@ -124,7 +124,7 @@ MEMORY_SCRIPT = r"""
 import io, resource, sys
 import numpy as np, tensorflow as tf
 from PIL import Image
-from cnnrnn_tf.preprocessing import decode_images
+from cnnrnn_tf.inputs.images import decode_images
 def png(side):
     buf = io.BytesIO()
     Image.fromarray(np.full((side, side, 3), 90, np.uint8)).save(buf, "PNG")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import tensorflow as tf
 
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.preprocessing import (MAX_IMAGE_SIDE, TOO_LARGE_MESSAGE, check_image_bytes,
+from cnnrnn_tf.inputs.images import (MAX_IMAGE_SIDE, TOO_LARGE_MESSAGE, check_image_bytes,
                                      decode_image, image_header_side)
 from tests.conftest import png_bytes
 from tests.reliability_helpers import (assert_cli_error, bad_images, build_tiny_model_dir,

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnnrnn_tf import schema
-from cnnrnn_tf.dataset import scan_labels
+from cnnrnn_tf.inputs.dataset import scan_labels
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.vocabulary import LabelVocabulary
 from tests.conftest import png_bytes
@@ -150,7 +150,7 @@ def test_more_labels_than_the_cap(tmp_path):
     training keeps the first 16 in the label order (documented in RELIABILITY.md)."""
     import numpy as np
 
-    from cnnrnn_tf.dataset import MAX_LABELS_CAP, choose_max_labels, sequence_targets
+    from cnnrnn_tf.inputs.dataset import MAX_LABELS_CAP, choose_max_labels, sequence_targets
 
     names = [f"l{i:02d}".encode() for i in range(20)]
     write_raw(tmp_path / "d", [raw_example(names), raw_example([b"l00"])])

@@ -26,7 +26,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from cnnrnn_tf import schema  # noqa: E402
-from cnnrnn_tf.preprocessing import TOO_LARGE_MESSAGE  # noqa: E402
+from cnnrnn_tf.inputs.images import TOO_LARGE_MESSAGE  # noqa: E402
 from tests.conftest import png_bytes  # noqa: E402
 from tests.reliability_helpers import bad_images, good_image, odd_but_valid_images  # noqa: E402
 

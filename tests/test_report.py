@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.report import (MARKER_FILE, PLOTS, REPORT_FILE, cooccurrence_matrix,
+from cnnrnn_tf.evaluation.report import (MARKER_FILE, PLOTS, REPORT_FILE, cooccurrence_matrix,
                               precision_recall_curve)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -49,7 +49,7 @@ def test_cooccurrence_matrix():
 def test_example_grid_text_stays_clear_of_the_images():
     """The label lines under an image never run into another image or its title."""
     pytest.importorskip("matplotlib")
-    from cnnrnn_tf.report import plot_examples
+    from cnnrnn_tf.evaluation.report import plot_examples
 
     n = 8
     images = [np.zeros((16, 16, 3), np.uint8)] * n
@@ -77,7 +77,7 @@ def test_example_grid_text_stays_clear_of_the_images():
 def tiny_model(tmp_path_factory):
     from cnnrnn_tf import schema
     from cnnrnn_tf.config import TrainConfig
-    from cnnrnn_tf.training import train
+    from cnnrnn_tf.training.loop import train
     from tests.conftest import synthetic_records
 
     root = tmp_path_factory.mktemp("report")
@@ -92,7 +92,7 @@ def tiny_model(tmp_path_factory):
 @pytest.mark.slow
 def test_cli_report_writes_every_plot(tiny_model, capsys):
     pytest.importorskip("matplotlib")
-    from cnnrnn_tf.cli import main
+    from cnnrnn_tf.cli.app import main
 
     out = tiny_model / "report"
     argv = ["report", "--model", str(tiny_model / "model"), "--data", str(tiny_model / "test"),
@@ -133,7 +133,7 @@ def test_report_without_matplotlib(monkeypatch, tmp_path):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    from cnnrnn_tf.report import write_report
+    from cnnrnn_tf.evaluation.report import write_report
 
     with pytest.raises(InputError, match=r"pip install 'cnnrnn-tf\[report\]'"):
         write_report(str(tmp_path / "model"), str(tmp_path / "data"), str(tmp_path / "out"))

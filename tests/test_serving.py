@@ -702,7 +702,7 @@ def test_client_library(server, reference, images):
 
 
 def test_cli_client_matches_cli_predict(server, trained, images, capsys):
-    from cnnrnn_tf.cli import main
+    from cnnrnn_tf.cli.app import main
 
     _, out = trained
     _, paths = images
@@ -896,8 +896,8 @@ def _with_tf_version(src, dst, version):
 
 def test_serving_image_must_be_at_least_the_exporting_tensorflow(
         tiny_model_dir, tmp_path, monkeypatch, capsys):
-    from cnnrnn_tf import export
-    from cnnrnn_tf.cli import main
+    from cnnrnn_tf.serving import export
+    from cnnrnn_tf.cli.app import main
     from cnnrnn_tf.serving import deploy
 
     exported = os.path.join(tiny_model_dir, "saved_model")
@@ -944,7 +944,7 @@ def main_deploy(argv, capsys):
                                    ["--socket-timeout", "0"], ["--request-timeout", "nan"],
                                    ["--max-concurrent-rpcs", "0"], ["--workers", "x"]])
 def test_serve_limit_flags_refuse_bad_values(flags, tmp_path, capsys):
-    from cnnrnn_tf.cli import main
+    from cnnrnn_tf.cli.app import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "--model-base-path", str(tmp_path), "--model-name", MODEL] + flags)

@@ -254,7 +254,7 @@ def test_token_auth_on_grpc(token_server):
 
 
 def test_bad_security_flags_answer_one_line(certs, tmp_path, capsys):
-    from cnnrnn_tf.cli import main
+    from cnnrnn_tf.cli.app import main
 
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")

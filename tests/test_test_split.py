@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from cnnrnn_tf import schema
-from cnnrnn_tf.cli import main
+from cnnrnn_tf.cli.app import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ["--image-size", "32", "--batch-size", "16", "--epochs", "2", "--lstm-units", "32",
@@ -124,7 +124,7 @@ def test_splits_are_compared_by_their_shards_on_uris_too(tmp_path):
     """A glob, a list of shards or a URI spelled with a trailing slash are the same data;
     a missing --test folder fails at once, not after training."""
     from cnnrnn_tf.errors import InputError
-    from cnnrnn_tf.training import check_splits_apart
+    from cnnrnn_tf.training.loop import check_splits_apart
     from tests.conftest import synthetic_records
 
     base = f"ram://splits-{tmp_path.name}"

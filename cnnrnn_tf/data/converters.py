@@ -59,7 +59,7 @@ import tensorflow as tf
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf import uri
 from cnnrnn_tf.io_utils import read_bytes, write_json, write_text_atomic
-from cnnrnn_tf.preprocessing import TOO_LARGE_MESSAGE, image_too_large
+from cnnrnn_tf.inputs.images import TOO_LARGE_MESSAGE, image_too_large
 from cnnrnn_tf.schema import SHARD_GLOB, ShardWriter, image_format, make_example, validate_label
 
 DEFAULT_RECORDS_PER_SHARD = 2048

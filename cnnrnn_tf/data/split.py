@@ -42,8 +42,8 @@ from cnnrnn_tf.data.converters import (
     write_label_counts,
 )
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.split_hash import key_of
-from cnnrnn_tf.split_hash import split_point as val_point  # noqa: F401 (exported)
+from cnnrnn_tf.data.split_hash import key_of
+from cnnrnn_tf.data.split_hash import split_point as val_point  # noqa: F401 (exported)
 from cnnrnn_tf.schema import COMPRESSION, ShardWriter, list_shards, parse_example_proto
 
 log = logging.getLogger(__name__)

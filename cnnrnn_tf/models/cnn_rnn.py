@@ -28,7 +28,7 @@ class CNNRNN(MultiLabelModel):
         beam_size: the default beam size of :meth:`decode`.
         alignment: "none" (train on the dataset's fixed label order), "pla" or
             "mla": orderless training (Yazici et al., CVPR 2020): each train / test
-            step is ``cnnrnn_tf.orderless`` (one free-running pass, the targets
+            step is ``cnnrnn_tf.models.orderless`` (one free-running pass, the targets
             re-ordered from its own probabilities, the loss on its logits).
             ``call`` and ``decode`` are the same in every mode.
         label_head: "none" (the paper's model), "aux" or "evidence". Beyond the paper:
@@ -59,7 +59,7 @@ class CNNRNN(MultiLabelModel):
                  alignment="none", min_labels=1, label_head="none", aux_loss_weight=1.0,
                  decoder="global", attention_dim=128, **kwargs):
         super().__init__(**kwargs)
-        from cnnrnn_tf.label_alignment import ALIGNMENTS
+        from cnnrnn_tf.models.label_alignment import ALIGNMENTS
 
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
@@ -148,7 +148,7 @@ class CNNRNN(MultiLabelModel):
         """(teacher-forced logits [B, T, V], the weighted label-head loss or 0).
 
         The label-head loss needs ``inputs["label_set"]``; the training and validation
-        steps add it to the sequence loss (``cnnrnn_tf.orderless.train_step``), so
+        steps add it to the sequence loss (``cnnrnn_tf.models.orderless.train_step``), so
         val_loss is the loss optimised. It is not an ``add_loss``: the replicas of a
         MirroredStrategy share the model's list of added losses, and their threads take
         turns at every cross-replica point of the call (the small CNN's synchronized
@@ -199,7 +199,7 @@ class CNNRNN(MultiLabelModel):
         ``probabilities``: the maximum over the best path's steps of each label's
         probability (see README).
         """
-        from cnnrnn_tf.beam_search import beam_search
+        from cnnrnn_tf.models.beam_search import beam_search
 
         result = beam_search(
             self.step, self.start_state(features), batch_size=ops.shape(features)[0],
@@ -239,19 +239,19 @@ class CNNRNN(MultiLabelModel):
 
     # ---- the steps: teacher forcing (a fixed label order) or PLA / MLA -------
     def _step_forward(self):
-        from cnnrnn_tf import orderless
+        from cnnrnn_tf.models import orderless
 
         if self.alignment == "none":
             return orderless.teacher_forced_forward
         return orderless.forward
 
     def train_step(self, data):
-        from cnnrnn_tf import orderless
+        from cnnrnn_tf.models import orderless
 
         return orderless.train_step(self, data, forward=self._step_forward())
 
     def test_step(self, data):
-        from cnnrnn_tf import orderless
+        from cnnrnn_tf.models import orderless
 
         return orderless.test_step(self, data, forward=self._step_forward())
 

@@ -42,14 +42,14 @@ class MultiLabelClassifier(MultiLabelModel):
         return self.logits(self.encode(inputs, training=training), training=training)
 
     def train_step(self, data):
-        from cnnrnn_tf import orderless
+        from cnnrnn_tf.models import orderless
 
         return orderless.train_step(self, data, forward=orderless.plain_forward)
 
     def test_step(self, data):
         # Keras' own step counted a graph-constant batch size, also for the exhausted
         # last step of a validation split: val_loss under two replicas was 24% low.
-        from cnnrnn_tf import orderless
+        from cnnrnn_tf.models import orderless
 
         return orderless.test_step(self, data, forward=orderless.plain_forward)
 
@@ -62,7 +62,7 @@ class MultiLabelClassifier(MultiLabelModel):
 
     def decode_features(self, features, beam_size=None, max_labels=None):
         """Thresholded label sets; ``beam_size`` is accepted and ignored. The same sets as
-        ``cnnrnn_tf.calibration.decoded_sets`` (top ``max_labels`` first, then the
+        ``cnnrnn_tf.metrics.decoded_sets`` (top ``max_labels`` first, then the
         threshold), on which :meth:`calibrate` chooses the thresholds."""
         k = min(int(max_labels or self.max_labels), self.num_labels)
         probs = ops.sigmoid(self.logits(features, training=False))
@@ -80,9 +80,9 @@ class MultiLabelClassifier(MultiLabelModel):
                 "log_prob": log_prob, "probabilities": probs}
 
     def calibrate(self, y_true, y_score, metric="OF1", per_class=False):
-        """Chooses the thresholds on validation scores (``cnnrnn_tf.calibration``) for the
+        """Chooses the thresholds on validation scores (``cnnrnn_tf.metrics``) for the
         sets :meth:`decode` predicts: its ``max_labels`` most probable labels, thresholded."""
-        from cnnrnn_tf.calibration import choose_thresholds
+        from cnnrnn_tf.metrics import choose_thresholds
 
         best, per, value = choose_thresholds(y_true, y_score, metric, per_class,
                                              max_labels=self.output_length)

@@ -65,7 +65,7 @@ class MultiLabelModel(keras.Model):
     def encode(self, inputs, training=None):
         """The image features the heads read: ``inputs["features"]`` when the batch carries
         them (a frozen encoder's output, computed once by the input pipeline: see
-        ``cnnrnn_tf.dataset.make_dataset(encoder=...)``), else ``self.encoder(inputs["images"])``.
+        ``cnnrnn_tf.inputs.dataset.make_dataset(encoder=...)``), else ``self.encoder(inputs["images"])``.
         Any rank: a vector [B, D] or a feature map [B, H, W, C], whatever the encoder gives.
         """
         if isinstance(inputs, dict) and "features" in inputs:

@@ -244,7 +244,7 @@ class ServingClient:
         """One Predict call for a batch -> the result dicts, in order."""
         import tensorflow as tf
 
-        from cnnrnn_tf.predictor import format_result
+        from cnnrnn_tf.serving.predictor import format_result
 
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         response = self.predict_raw(self.build_request(images, names))
@@ -281,7 +281,7 @@ class ServingClient:
 
     def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> Iterator[Dict]:
         """Image files -> result dicts. Every file is read and checked before the first call."""
-        from cnnrnn_tf.predictor import read_image_file
+        from cnnrnn_tf.serving.predictor import read_image_file
 
         items = [(p, check_image_bytes(read_image_file(p), p)) for p in paths]
         return self.predict(items, batch_size)

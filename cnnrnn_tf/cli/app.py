@@ -16,9 +16,9 @@ from cnnrnn_tf import progress
 from cnnrnn_tf.errors import InputError
 
 
-# Argument types and the parser class live in cnnrnn_tf.cli_args (shared with
-# cnnrnn_tf.serving.commands, which the CLI imports: no import circle).
-from cnnrnn_tf.cli_args import (EXIT_INPUT, EXIT_INTERNAL, Parser, _float_where,  # noqa: E402,F401
+# Argument types and the parser class live in cnnrnn_tf.cli.args (shared with
+# cnnrnn_tf.cli.serve, which the CLI imports: no import circle).
+from cnnrnn_tf.cli.args import (EXIT_INPUT, EXIT_INTERNAL, Parser, _float_where,  # noqa: E402,F401
                                 label_sep, non_negative_float, non_negative_int, positive_float,
                                 positive_int, probability)
 
@@ -133,7 +133,7 @@ def cmd_train(args) -> int:
         ClusterConfig.from_environment()
     check_local_inputs(args)
     from cnnrnn_tf.metrics import format_table
-    from cnnrnn_tf.training import train
+    from cnnrnn_tf.training.loop import train
 
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     result = train(config, args.train, args.eval, args.out, test_data=args.test,
@@ -154,7 +154,7 @@ def _scored_title(model: str, args, metrics) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from cnnrnn_tf.evaluation import evaluate_model
+    from cnnrnn_tf.evaluation.evaluate import evaluate_model
     from cnnrnn_tf.metrics import format_table, per_class_table
     from cnnrnn_tf.model_dir import load_model_dir
 
@@ -184,7 +184,7 @@ def _attention_peak(item) -> str:
 
 
 def cmd_predict(args) -> int:
-    from cnnrnn_tf.predictor import Predictor
+    from cnnrnn_tf.serving.predictor import Predictor
 
     predictor = Predictor.from_model_dir(args.model, beam_size=args.beam_size,
                                          attention=args.attention)
@@ -205,7 +205,7 @@ def _print_prediction(result, as_json: bool) -> None:
 
 
 def cmd_export(args) -> int:
-    from cnnrnn_tf.export import export_saved_model
+    from cnnrnn_tf.serving.export import export_saved_model
     from cnnrnn_tf.model_dir import load_model_dir
 
     if args.serving_manifests:  # a bad folder fails before the export, not after it
@@ -230,7 +230,7 @@ def _warn_if_serving_image_older(saved_model_dir: str, manifests) -> None:
 
 
 def cmd_report(args) -> int:
-    from cnnrnn_tf.report import write_report
+    from cnnrnn_tf.evaluation.report import write_report
 
     path = write_report(args.model, args.data, args.out, beam_size=args.beam_size,
                         progress=progress.wanted(args))
@@ -239,7 +239,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from cnnrnn_tf.benchmark import benchmark_command
+    from cnnrnn_tf.evaluation.speed import benchmark_command
 
     return benchmark_command(args)
 
@@ -263,7 +263,7 @@ def cmd_pipeline_compile(args) -> int:
 
 
 def cmd_main_job(args) -> int:
-    from cnnrnn_tf.main_job import run_main_job
+    from cnnrnn_tf.cli.main_job import run_main_job
 
     return run_main_job(args.work_dir, num_train=args.train, num_test=args.test,
                         epochs=args.epochs, seed=args.seed)
@@ -604,7 +604,7 @@ def build_parser() -> Parser:
                    help="a Beam pipeline argument for the Beam-based components")
     p.set_defaults(func=cmd_pipeline_compile)
 
-    from cnnrnn_tf.serving.commands import add_serving_commands
+    from cnnrnn_tf.cli.serve import add_serving_commands
 
     add_serving_commands(sub, Parser)
 

@@ -347,7 +347,7 @@ def plot_predictions(preds, data_dir: str, label_names: Sequence[str], count: in
                      columns: int = 4):
     """:func:`plot_examples` for the first ``count`` images of ``data_dir``.
 
-    ``preds``: ``cnnrnn_tf.evaluation.predict_dataset`` on the same folder.
+    ``preds``: ``cnnrnn_tf.evaluation.evaluate.predict_dataset`` on the same folder.
     """
     images, truth = example_images(data_dir, count, ids=preds.ids)
     return plot_examples(images, truth, predicted_labels(preds, label_names, len(images)),
@@ -393,8 +393,8 @@ def plot_attention(images: Sequence[np.ndarray], predicted: Sequence[Sequence[An
 def plot_attention_maps(model, preds, data_dir: str, label_names: Sequence[str],
                         image_size: int, count: int = 8):
     """:func:`plot_attention` for the first ``count`` images of ``data_dir`` (an attention
-    model; ``preds``: ``cnnrnn_tf.evaluation.predict_dataset`` on the same folder)."""
-    from cnnrnn_tf.preprocessor import Preprocessor
+    model; ``preds``: ``cnnrnn_tf.evaluation.evaluate.predict_dataset`` on the same folder)."""
+    from cnnrnn_tf.inputs.preprocessor import Preprocessor
     from cnnrnn_tf.schema import iter_records
 
     _, truth = example_images(data_dir, count, ids=preds.ids)
@@ -510,8 +510,8 @@ def write_report(model_dir: str, data_dir: str, out_dir: str, beam_size: Optiona
     ``out_dir``; refuses (InputError) any other existing non-empty folder.
     """
     _figure(1, 1)  # fail early, before the model runs, when matplotlib is missing
-    from cnnrnn_tf.dataset import scan_labels
-    from cnnrnn_tf.evaluation import predict_dataset
+    from cnnrnn_tf.inputs.dataset import scan_labels
+    from cnnrnn_tf.evaluation.evaluate import predict_dataset
     from cnnrnn_tf.metrics import multilabel_metrics
     from cnnrnn_tf.model_dir import load_model_dir
 

@@ -28,7 +28,7 @@ and what this module follows:
 * The official recipe trains the encoder first with a BCE loss (``train_bce.py``),
   then encoder + decoder with PLA. The project's ``--label-head aux|evidence``
   trains a BCE head on the same features from the first step; in addition
-  ``TrainConfig.orderless_warmup_epochs`` (see ``cnnrnn_tf.training``) may train
+  ``TrainConfig.orderless_warmup_epochs`` (see ``cnnrnn_tf.training.loop``) may train
   the first epochs with the data's fixed order before the orderless steps.
 
 Decoder dropout does not apply in the free-running pass (``CNNRNN.step`` runs
@@ -43,8 +43,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cnnrnn_tf.losses import PAD_TARGET
-from cnnrnn_tf.preprocessor import multi_hot
+from cnnrnn_tf.models.losses import PAD_TARGET
+from cnnrnn_tf.inputs.preprocessor import multi_hot
 from cnnrnn_tf.vocabulary import MASK_LOGIT, NUM_SPECIAL, START_ID
 
 NEG_INF = MASK_LOGIT

@@ -11,8 +11,8 @@ import tensorflow as tf
 from cnnrnn_tf import schema, uri
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.uri import ensure_filesystem
-from cnnrnn_tf.preprocessing import Augmentation, augment_image
-from cnnrnn_tf.preprocessor import Preprocessor, sequence_targets  # noqa: F401  (re-exported)
+from cnnrnn_tf.inputs.images import Augmentation, augment_image
+from cnnrnn_tf.inputs.preprocessor import Preprocessor, sequence_targets  # noqa: F401  (re-exported)
 from cnnrnn_tf.vocabulary import LabelVocabulary, label_rank
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -215,7 +215,7 @@ def make_dataset(
     encode_batch_size: Optional[int] = None,
     shard: Optional[Tuple[int, int]] = None,
 ) -> tf.data.Dataset:
-    """Batches for Keras, built by the :class:`~cnnrnn_tf.preprocessor.Preprocessor`.
+    """Batches for Keras, built by the :class:`~cnnrnn_tf.inputs.preprocessor.Preprocessor`.
 
     mode "sequence" (CNN-RNN): ({"images", "label_inputs", "label_set"}, targets [B, T]);
     ``label_set`` is the image's whole label set as multi-hot [B, K] (for the auxiliary loss:
@@ -232,14 +232,14 @@ def make_dataset(
     ``encoder``: a frozen image encoder (keras.Model): its features are computed once, when
     this function is called, in batches of ``encode_batch_size`` (default ``batch_size``),
     ``encoder(images, training=False)`` on the current strategy's devices
-    (:func:`cnnrnn_tf.features.compute_features`; call it inside ``strategy.scope()``), and
+    (:func:`cnnrnn_tf.inputs.features.compute_features`; call it inside ``strategy.scope()``), and
     kept instead of the images: in memory, or streamed to the file ``cache`` names. The
     batches carry "features" (the encoder's output, any rank) in place of "images". Not
     with ``augment``.
     ``shard``: (n, i): only every n-th record from the i-th on (each of n workers reads its
     share of a split, before anything is decoded).
     ``augment`` (training only): True for colour jitter, or a
-    :class:`~cnnrnn_tf.preprocessing.Augmentation`.
+    :class:`~cnnrnn_tf.inputs.images.Augmentation`.
     ``batch_size`` is the global batch: a distribution strategy splits it over its replicas.
     ``drop_remainder``: no last partial batch (on several replicas it could leave one of
     them an empty batch, which TensorFlow's CPU convolution rejects).
@@ -283,7 +283,7 @@ def make_dataset(
                          "each other")
     cache_file = cache if isinstance(cache, str) and cache not in ("memory", "none") else None
     if encoder is not None:  # images -> features, now, on the strategy's devices
-        from cnnrnn_tf.features import compute_features
+        from cnnrnn_tf.inputs.features import compute_features
 
         ds = compute_features(ds, encoder, encode_batch_size or batch_size,
                               cache_file=cache_file)

@@ -8,10 +8,10 @@ import tensorflow as tf
 
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.io_utils import read_bytes
-from cnnrnn_tf.evaluation import decode_function
+from cnnrnn_tf.evaluation.evaluate import decode_function
 from cnnrnn_tf.model_dir import load_model_dir
-from cnnrnn_tf.preprocessing import TOO_LARGE_MESSAGE, check_image_bytes
-from cnnrnn_tf.preprocessor import Preprocessor
+from cnnrnn_tf.inputs.images import TOO_LARGE_MESSAGE, check_image_bytes
+from cnnrnn_tf.inputs.preprocessor import Preprocessor
 
 
 def read_image_file(path: str) -> bytes:

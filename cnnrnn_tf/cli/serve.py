@@ -182,7 +182,7 @@ def cmd_client(args) -> int:
 
 def add_serving_commands(sub, parser_class) -> None:
     """Adds ``serve`` and ``client`` to the CLI's subparsers (they use ``parser_class``)."""
-    from cnnrnn_tf.cli_args import non_negative_int, positive_float, positive_int
+    from cnnrnn_tf.cli.args import non_negative_int, positive_float, positive_int
 
     p = sub.add_parser(
         "serve", help="a local development model server with TF Serving's gRPC/REST API",

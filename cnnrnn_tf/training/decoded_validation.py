@@ -23,7 +23,7 @@ class DecodedValidation(keras.callbacks.Callback):
     with like. The eval dataset and the compiled decoder are built once.
 
     On several workers each decodes its share of the split (``sharded``: the dataset is
-    :func:`worker_shard`'s part, as ``cnnrnn_tf.training.decoded_validation_dataset`` makes
+    :func:`worker_shard`'s part, as ``cnnrnn_tf.training.loop.decoded_validation_dataset`` makes
     it), and every worker gathers all the workers' predictions (:func:`gather_predictions`)
     before anything is scored: the thresholds, the per-class counts and the AP are those of
     the whole split, never an average of per-shard F1 or AP, and every worker logs the same
@@ -51,7 +51,7 @@ class DecodedValidation(keras.callbacks.Callback):
         self._fn = None
 
     def on_epoch_end(self, epoch, logs=None):
-        from cnnrnn_tf.evaluation import decode_function, predict_batches
+        from cnnrnn_tf.evaluation.evaluate import decode_function, predict_batches
         from cnnrnn_tf.metrics import multilabel_metrics
 
         if self._fn is None:  # features when the dataset carries a frozen encoder's
@@ -66,7 +66,7 @@ class DecodedValidation(keras.callbacks.Callback):
                      len(preds.y_true))
         y_pred = preds.y_pred
         if self.model.thresholded and self.calibrate:
-            from cnnrnn_tf.calibration import choose_thresholds, decoded_sets
+            from cnnrnn_tf.metrics import choose_thresholds, decoded_sets
 
             # the sets the model would decode once calibrated on this split: its top
             # max_labels, thresholded, as the export does
@@ -121,7 +121,7 @@ def worker_shard(strategy: Optional[tf.distribute.Strategy] = None) -> Optional[
 
 
 def gather_predictions(preds, strategy: Optional[tf.distribute.Strategy] = None):
-    """Every worker's :class:`~cnnrnn_tf.evaluation.Predictions` of its shard, joined into
+    """Every worker's :class:`~cnnrnn_tf.evaluation.evaluate.Predictions` of its shard, joined into
     those of the whole split (worker 0's rows first) on every worker; unchanged on one
     worker. The image ids are not gathered (nothing scored reads them)."""
     shard = worker_shard(strategy)

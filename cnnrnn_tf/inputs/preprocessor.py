@@ -1,10 +1,10 @@
 """The preprocessor: the one place that turns stored examples into model inputs and targets.
 
 keras-hub style: one serialisable Keras layer owns image decoding, resizing, quantisation
-(:func:`cnnrnn_tf.preprocessing.decode_image`: uint8 pixels, the same in every path) and
+(:func:`cnnrnn_tf.inputs.images.decode_image`: uint8 pixels, the same in every path) and
 label tokenisation (vocabulary lookup, the label order, START / END / PAD, multi-hot sets).
-tf.data (:func:`cnnrnn_tf.dataset.make_dataset`), the SavedModel signatures
-(:mod:`cnnrnn_tf.export`), :class:`cnnrnn_tf.predictor.Predictor`, evaluation and the TFX
+tf.data (:func:`cnnrnn_tf.inputs.dataset.make_dataset`), the SavedModel signatures
+(:mod:`cnnrnn_tf.serving.export`), :class:`cnnrnn_tf.serving.predictor.Predictor`, evaluation and the TFX
 Trainer all go through it, so train / serve skew cannot come back.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cnnrnn_tf.losses import PAD_TARGET
-from cnnrnn_tf.preprocessing import decode_image, decode_images
+from cnnrnn_tf.models.losses import PAD_TARGET
+from cnnrnn_tf.inputs.images import decode_image, decode_images
 from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID
 
 

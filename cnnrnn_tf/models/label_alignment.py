@@ -13,19 +13,19 @@ to agree with what the model itself predicts:
   no "keep what was predicted" rule.
 
 This module is the plain-Python reference (scipy, one row at a time) of the
-alignment. Training uses ``cnnrnn_tf.orderless``: the same rule, in-graph, on the
+alignment. Training uses ``cnnrnn_tf.models.orderless``: the same rule, in-graph, on the
 probabilities of the training pass itself (the decoder fed its own predictions),
 as the paper's official code does.
 
 Token ids as in ``cnnrnn_tf.vocabulary``: 0 END, 1 START, 2+k label k. Targets
-use the layout of ``cnnrnn_tf.dataset.sequence_targets``: l_1..l_n, END, then
+use the layout of ``cnnrnn_tf.inputs.dataset.sequence_targets``: l_1..l_n, END, then
 PAD_TARGET (-1).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from cnnrnn_tf.losses import PAD_TARGET
+from cnnrnn_tf.models.losses import PAD_TARGET
 from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL
 
 ALIGNMENTS = ("none", "pla", "mla")

@@ -21,7 +21,7 @@ from cnnrnn_tf import __version__
 from cnnrnn_tf.cluster import (TF_CONFIG, ClusterConfig, is_chief, is_multi_worker, num_workers,
                                worker_dir)
 from cnnrnn_tf.config import TrainConfig, default_epochs, early_stopping_patience
-from cnnrnn_tf.dataset import (LabelStats, choose_cache, choose_max_labels, make_dataset,
+from cnnrnn_tf.inputs.dataset import (LabelStats, choose_cache, choose_max_labels, make_dataset,
                                resolve_files, scan_labels)
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.io_utils import copy_tree, makedirs, remove_quietly
@@ -53,7 +53,7 @@ def choose_strategy(devices: Optional[List[str]] = None) -> tf.distribute.Strate
             raise RuntimeError(
                 f"{TF_CONFIG} describes {cluster.num_workers} workers, but TensorFlow already "
                 f"ran in this process; MultiWorkerMirroredStrategy must come first: call "
-                f"cnnrnn_tf.training.choose_strategy() at the start of the program and pass "
+                f"cnnrnn_tf.training.loop.choose_strategy() at the start of the program and pass "
                 f"it to train(strategy=...)") from exc
     if devices:
         return tf.distribute.MirroredStrategy(devices) if len(devices) > 1 \
@@ -143,7 +143,7 @@ def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
 
 
 def make_loss(config: TrainConfig):
-    from cnnrnn_tf.losses import AsymmetricLoss, sequence_crossentropy
+    from cnnrnn_tf.models.losses import AsymmetricLoss, sequence_crossentropy
 
     smoothing = float(config.label_smoothing)
     if config.model == "cnn-rnn":
@@ -207,7 +207,7 @@ def train(
     resumes from ``out_dir/backup`` when started again with the same arguments.
     ``rank``: the label order as a rank per vocabulary index (lower first); default from
     ``config.label_order``. It is saved in config.json (``label_rank``), so fine-tuning keeps it.
-    ``initial_model``: train this model (e.g. from ``cnnrnn_tf.finetune``) instead of
+    ``initial_model``: train this model (e.g. from ``cnnrnn_tf.training.finetune``) instead of
     building a fresh one; its number of labels must match the vocabulary. Create it
     inside ``strategy.scope()`` when training on several GPUs.
     ``strategy``: default :func:`choose_strategy`, which reads ``TF_CONFIG``: on a cluster
@@ -260,7 +260,7 @@ def train(
         result = TrainResult(model, plan.vocab, config, info, history)
         save_training(write_dir, result)
         if export:
-            from cnnrnn_tf.export import export_saved_model
+            from cnnrnn_tf.serving.export import export_saved_model
 
             export_saved_model(model, plan.vocab, config.image_size,
                                join(write_dir, SAVED_MODEL_DIR), beam_size=config.beam_size)
@@ -330,9 +330,9 @@ def final_metrics(model, config: TrainConfig, plan: TrainPlan, train_data, eval_
     (``"test"`` or ``"eval"``), ``"data"`` (the folders of every split, ``"test"`` None
     without one) and ``"validation"`` (the validation split's metrics, in every case, so
     a reader finds them at one place). Both splits are scored by the same
-    :func:`cnnrnn_tf.evaluation.evaluate_model` that ``cnnrnn evaluate`` runs.
+    :func:`cnnrnn_tf.evaluation.evaluate.evaluate_model` that ``cnnrnn evaluate`` runs.
     """
-    from cnnrnn_tf.evaluation import evaluate_model
+    from cnnrnn_tf.evaluation.evaluate import evaluate_model
 
     score = dict(image_size=config.image_size, beam_size=config.beam_size)
     validation = evaluate_model(model, plan.vocab, eval_data, stats=plan.eval_stats, **score)
@@ -429,7 +429,7 @@ def example_bytes(config: TrainConfig, model) -> int:
 
 def cache_plan(config: TrainConfig, plan: TrainPlan, model) -> Dict[str, str]:
     """{"train": mode, "eval": mode}: where each split's decoded input is kept
-    (``cnnrnn_tf.dataset.choose_cache``); both share the memory budget, training first."""
+    (``cnnrnn_tf.inputs.dataset.choose_cache``); both share the memory budget, training first."""
     per_example = example_bytes(config, model)
     train = choose_cache(config.cache, plan.num_train * per_example, config.cache_budget_gb)
     left = config.cache_budget_gb - (plan.num_train * per_example / (1 << 30)
@@ -465,7 +465,7 @@ def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_
     The training data repeats: ``fit`` runs ``plan.steps_per_epoch`` steps per epoch from
     one iterator, so no iterator is destroyed and rebuilt between epochs. With a frozen
     encoder (``frozen_encoder``) the batches carry its features, computed here, before
-    ``fit``, on the strategy's devices (``cnnrnn_tf.features``), not in the input pipeline.
+    ``fit``, on the strategy's devices (``cnnrnn_tf.inputs.features``), not in the input pipeline.
     """
     # batch_size is the global batch: the strategy splits it over all replicas; on several,
     # full batches only (a last partial one could leave a replica an empty batch).
@@ -500,7 +500,7 @@ def decoded_validation_dataset(config: TrainConfig, plan: TrainPlan, eval_data, 
     decoded images, or a frozen encoder's features computed once, cached per the plan. On
     several workers, this worker's share of the records (``worker_shard``): each decodes
     its part, and DecodedValidation gathers the predictions before scoring."""
-    from cnnrnn_tf.decoded_validation import worker_shard
+    from cnnrnn_tf.training.decoded_validation import worker_shard
 
     if config.monitor == "val_loss" or not config.early_stopping:
         return None
@@ -572,13 +572,13 @@ def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
     decoded validation (adds val_f1 / val_map), TensorBoard, early stopping with checkpoint
     selection on ``config.monitor`` (its state kept beside the resume checkpoint, so a
     resumed run keeps its best epoch, patience and best weights)."""
-    from cnnrnn_tf.early_stopping import ResumableEarlyStopping
+    from cnnrnn_tf.training.early_stopping import ResumableEarlyStopping
 
     callbacks: List[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(join(out_dir, BACKUP_DIR)),
     ]
     if config.ema:
-        from cnnrnn_tf.ema_batch_norm import EMABatchNorm
+        from cnnrnn_tf.training.ema_batch_norm import EMABatchNorm
 
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         if train_data is None:
@@ -588,7 +588,7 @@ def training_callbacks(config: TrainConfig, plan: TrainPlan, out_dir: str,
             callbacks.append(EMABatchNorm(functools.partial(
                 ema_batch_norm_batches, config, plan, train_data)))
     if decoded_ds is not None:
-        from cnnrnn_tf.decoded_validation import DecodedValidation, worker_shard
+        from cnnrnn_tf.training.decoded_validation import DecodedValidation, worker_shard
 
         callbacks.append(DecodedValidation(
             decoded_ds, beam_size=config.beam_size, calibrate=config.threshold is None,
@@ -673,10 +673,10 @@ def _check_workers_resume_alike(strategy: tf.distribute.Strategy, epoch: Optiona
 
 def calibrate_thresholds(model, config: TrainConfig, plan: TrainPlan, eval_data):
     """BCE / ASL without a fixed ``--threshold``: thresholds chosen on the validation split
-    (cnnrnn_tf.calibration), kept in the model (so in model.keras and the SavedModel)."""
+    (cnnrnn_tf.metrics), kept in the model (so in model.keras and the SavedModel)."""
     if not model.thresholded or config.threshold is not None:
         return None
-    from cnnrnn_tf.evaluation import predict_dataset
+    from cnnrnn_tf.evaluation.evaluate import predict_dataset
 
     preds = predict_dataset(model, plan.vocab, eval_data, config.image_size)
     return model.calibrate(preds.y_true, preds.y_score, config.threshold_metric,

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from cnnrnn_tf.dataset import make_dataset, scan_labels
+from cnnrnn_tf.inputs.dataset import make_dataset, scan_labels
 from cnnrnn_tf.progress import progress_bar
 from cnnrnn_tf.vocabulary import LabelVocabulary
 
@@ -139,7 +139,7 @@ def evaluate_saved_model(path: str, data, batch_size: int = 64) -> Dict[str, Any
     records' ``image/labels`` (labels outside the vocabulary are ignored).
     """
     from cnnrnn_tf import schema, uri
-    from cnnrnn_tf.dataset import resolve_files
+    from cnnrnn_tf.inputs.dataset import resolve_files
     from cnnrnn_tf.errors import InputError
     from cnnrnn_tf.metrics import multilabel_metrics
 

@@ -7,7 +7,7 @@ functions are called in turn in every round (see :func:`time_interleaved`):
 
 * ``encoder_ms_per_batch``: the encoder alone, one ``tf.function``.
 * ``full_ms_per_batch``: encoder + beam search, the same compiled function the
-  predictor and ``cnnrnn evaluate`` use (``cnnrnn_tf.evaluation.decode_function``).
+  predictor and ``cnnrnn evaluate`` use (``cnnrnn_tf.evaluation.evaluate.decode_function``).
 * ``decode_ms_per_batch``: full - encoder; ``decode_ratio``: full / encoder.
 * ``decoder_only_ms_per_batch``: the decoder part (beam search) alone on precomputed
   features, compiled like the predictor's (XLA): the decode's own cost, measured
@@ -116,7 +116,7 @@ def benchmark_model(model, image_size: int, batch_size: int = 32, beam_size: Opt
                     repeats: int = 20, warmup: int = 3, python_loop: bool = False,
                     seed: int = 0) -> Dict[str, Any]:
     """The timings of one model at one batch size and beam size (see the module docstring)."""
-    from cnnrnn_tf.evaluation import decode_function
+    from cnnrnn_tf.evaluation.evaluate import decode_function
 
     beam = int(beam_size or model.beam_size)
     images = tf.constant(np.random.RandomState(seed).uniform(

@@ -102,7 +102,7 @@ def _train_or_reuse(config, train_data, val_data, test_dir, out):
     """metrics.json of a model trained on train, selected on val and scored on test:
     the one in ``out`` when it was trained on exactly these splits, else a new one."""
     from cnnrnn_tf.model_dir import METRICS_FILE, is_model_dir
-    from cnnrnn_tf.training import split_names, train
+    from cnnrnn_tf.training.loop import split_names, train
 
     if is_model_dir(out):
         try:
@@ -140,7 +140,7 @@ def _quiet_logs() -> None:
 def run_main_job(work_dir: str, num_train=None, num_test=None, epochs=None, seed=0) -> int:
     from cnnrnn_tf.config import TrainConfig
     from cnnrnn_tf.data import build_fashion_outfits
-    from cnnrnn_tf.evaluation import evaluate_saved_model
+    from cnnrnn_tf.evaluation.evaluate import evaluate_saved_model
     from cnnrnn_tf.metrics import format_comparison
 
     t_start = time.time()

@@ -39,7 +39,7 @@ import tensorflow as tf
 from cnnrnn_tf import schema, uri
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.io_utils import makedirs, publish_dir, remove_quietly
-from cnnrnn_tf.preprocessor import Preprocessor
+from cnnrnn_tf.inputs.preprocessor import Preprocessor
 from cnnrnn_tf.vocabulary import LabelVocabulary
 
 SIGNATURES = ("serving_default", "predict_images", "label_scores")
@@ -58,7 +58,7 @@ class ServingModule(tf.Module):
         self.image_size = int(image_size)
         self.beam_size = int(beam_size or model.beam_size)
         self.num_labels = len(vocab)
-        # The same preprocessor as tf.data: bit-identical pixels (see cnnrnn_tf.preprocessor).
+        # The same preprocessor as tf.data: bit-identical pixels (see cnnrnn_tf.inputs.preprocessor).
         self.preprocessor = Preprocessor(self.image_size, vocab.labels)
         self.label_names = tf.constant([""] + list(vocab.labels))
         self.label_table = tf.lookup.StaticHashTable(

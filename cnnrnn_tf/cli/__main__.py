@@ -1,0 +1,3 @@
+from cnnrnn_tf.cli.app import run
+
+run()
