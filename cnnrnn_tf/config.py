@@ -6,17 +6,10 @@ import json
 from typing import Optional
 
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.vocabulary import LABEL_ORDERS
-
-MODELS = ("cnn-rnn", "bce", "asl")
-BACKBONES = ("small-cnn", "vgg16", "resnet50", "efficientnet-lite0")
-OPTIMIZERS = ("rmsprop", "adam")
-LABEL_HEADS = ("none", "aux", "evidence")
-DECODERS = ("global", "attention")
-MONITORS = ("val_f1", "val_map", "val_loss")
-LR_SCHEDULES = ("cosine", "constant")
-JIT_COMPILE = ("auto", "on", "off")
-CACHE_MODES = ("auto", "memory", "disk", "none")
+from cnnrnn_tf.choices import (  # noqa: F401  (re-exported: the names config.X stay)
+    BACKBONES, CACHE_MODES, DECODERS, JIT_COMPILE, LABEL_HEADS, LABEL_ORDERS, LR_SCHEDULES,
+    MODELS, MONITORS, OPTIMIZERS, THRESHOLD_METRICS,
+)
 # The CNN-RNN of Wang et al. (CVPR 2016) as published: a 64-d label embedding, a 512-unit
 # LSTM, no per-label head, no masking of the labels already on the path in training, no
 # dropout, RMSprop at a constant learning rate, no early stopping (`cnnrnn train --paper`).
@@ -131,7 +124,7 @@ class TrainConfig:
             raise InputError(f"--dropout: {self.dropout} is not in [0, 1)")
         if not (0.0 <= float(self.aux_loss_weight) <= 100.0):
             raise InputError(f"--aux-loss-weight: {self.aux_loss_weight} is not in [0, 100]")
-        _choice("--threshold-metric", self.threshold_metric, ("OF1", "CF1"))
+        _choice("--threshold-metric", self.threshold_metric, THRESHOLD_METRICS)
         if self.threshold is not None and not (0.0 < float(self.threshold) < 1.0):
             raise InputError(f"--threshold: {self.threshold} is not in (0, 1)")
         if self.crop_scale is not None and not (0.05 <= float(self.crop_scale) <= 1.0):

@@ -18,6 +18,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from cnnrnn_tf.choices import LABEL_ORDERS  # noqa: F401  (vocabulary.LABEL_ORDERS stays)
 from cnnrnn_tf.errors import InputError
 
 END_ID = 0
@@ -26,7 +27,6 @@ NUM_SPECIAL = 2
 # The logit that masks a token out of a softmax (START, labels already on the path, ...):
 # one constant for the decoder, the beam search and every reference decoder.
 MASK_LOGIT = -1e9
-LABEL_ORDERS = ("frequent-first", "rare-first", "random", "pla", "mla")
 VOCAB_FILE = "vocabulary.json"
 
 

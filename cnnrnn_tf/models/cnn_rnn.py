@@ -7,7 +7,7 @@ from keras import ops
 from cnnrnn_tf.models.attention_label_decoder import AttentionLabelDecoder
 from cnnrnn_tf.models.label_decoder import LabelDecoder
 from cnnrnn_tf.models.multilabel_model import MultiLabelModel
-from cnnrnn_tf.config import DECODERS, LABEL_HEADS
+from cnnrnn_tf.choices import DECODERS, LABEL_HEADS
 from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID
 
 
