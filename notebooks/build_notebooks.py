@@ -6,89 +6,27 @@ The notebooks hold no model code: every cell calls the installed library.
 They are committed without outputs; ``tests/test_notebooks.py`` executes them
 with tiny settings through the ``CNNRNN_NB_*`` environment variables that
 their parameters cell reads (in Colab the same parameters are form fields).
-In Colab, the install cell pip-installs ``PACKAGE`` (default: the project's
-public repository, ``REPO_URL`` in setup.py).
+Both carry Colab's GPU metadata (``accelerator: GPU``, ``colab.gpuType``), so Colab
+opens them on a GPU runtime, and a cell says how to get one when there is none.
+In Colab, the install cell pip-installs ``PACKAGE`` (``CNNRNN_NB_PACKAGE``: a path,
+a wheel on Drive, a ``gs://`` wheel or a git URL); there is no default, so with
+none set it stops with one line saying what to set (BUILD.md builds the wheel).
+``WORK`` may be a local folder, a Google Drive folder (mounted by the work-folder
+cell) or a ``gs://`` folder (the notebook works in a local copy and copies it back).
 """
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_notebook
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
-with open(os.path.join(os.path.dirname(HERE), "setup.py"), encoding="utf-8") as _f:
-    REPO_URL = re.search(r'^REPO_URL = "([^"]+)"$', _f.read(), re.M).group(1)
-PACKAGE = f"cnnrnn-tf[report] @ git+{REPO_URL}"
+# The shared cells live beside this script (its folder is on sys.path when it runs).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def md(text: str):
-    return new_markdown_cell(text.strip("\n"))
-
-
-def code(text: str):
-    return new_code_cell(text.strip("\n"))
-
-
-def colab_badge(name: str) -> str:
-    url = f"https://colab.research.google.com/github/{REPO_URL.split('github.com/', 1)[1]}" \
-          f"/blob/main/notebooks/{name}"
-    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})")
-
-
-def parameters(fields: str, overrides: str):
-    """The parameters cell: Colab form fields, then CNNRNN_NB_* environment overrides."""
-    return code(f"""
-#@title Parameters
-# Colab shows the #@param lines as a form. An environment variable CNNRNN_NB_<NAME>,
-# when set, wins over the field (that is how the tests run this notebook tiny).
-import os
-
-
-def from_env(name, value):
-    text = os.environ.get("CNNRNN_NB_" + name)
-    return value if text is None else type(value)(text)
-
-
-#@markdown Where the install cell installs the library from (any pip requirement:
-#@markdown a git URL, a release, a local path). Used in Colab only.
-PACKAGE = "{PACKAGE}"  #@param {{type:"string"}}
-{fields.strip()}
-
-PACKAGE = from_env("PACKAGE", PACKAGE)
-{overrides.strip()}
-""")
-
-
-INSTALL = code("""
-#@title Install the library (in Colab)
-import importlib
-import subprocess
-import sys
-
-try:
-    import google.colab  # noqa: F401  (only importable in Colab)
-    IN_COLAB = True
-except ImportError:
-    IN_COLAB = False
-
-# Elsewhere the library is assumed to be installed already (`make venv` in the repository).
-if IN_COLAB:
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE],
-                         capture_output=True, text=True)
-    print(pip.stdout + pip.stderr)
-    if pip.returncode:
-        raise RuntimeError(f"pip install {PACKAGE!r} failed (exit {pip.returncode}); see above")
-    importlib.invalidate_caches()
-
-import cnnrnn_tf
-
-print("cnnrnn_tf", cnnrnn_tf.__version__, "from", os.path.dirname(cnnrnn_tf.__file__))
-""")
-
+from notebook_cells import (COLAB_METADATA, GPU_CHECK, HERE, INSTALL, KERNEL,  # noqa: E402
+                            SAVE_WORK, WORK_FOLDER, code, colab_badge, md, parameters)
 
 QUICKSTART = [
     md("""
@@ -112,7 +50,6 @@ N_VAL = 500  #@param {type:"integer"}
 N_TEST = 500  #@param {type:"integer"}
 EPOCHS = 10  #@param {type:"integer"}
 IMAGE_SIZE = 64  #@param {type:"integer"}
-WORK = "cnnrnn_work"  #@param {type:"string"}
 #@markdown Fashion-MNIST IDX folder; empty: Debian's package when installed, else a Keras download.
 FASHION_MNIST = ""  #@param {type:"string"}
 """, """
@@ -124,7 +61,9 @@ IMAGE_SIZE = from_env("IMAGE_SIZE", IMAGE_SIZE)
 WORK = from_env("WORK", WORK)           # everything is written here
 FASHION_MNIST = from_env("FASHION_MNIST", FASHION_MNIST) or None
 """),
+    GPU_CHECK,
     INSTALL,
+    WORK_FOLDER,
     code("""
 DATA = os.path.join(WORK, "outfits")
 MODEL_DIR = os.path.join(WORK, "quickstart_model")
@@ -214,6 +153,7 @@ from cnnrnn_tf.evaluation.report import plot_cooccurrence
 
 plot_cooccurrence(preds.y_true, preds.y_pred, list(vocab.labels))
 """),
+    SAVE_WORK,
     md("""
 The full report (these plots, precision-recall curves, set sizes and the metric tables in
 `report.md`) is one command:
@@ -260,7 +200,6 @@ FT_EPOCHS = 6  #@param {type:"integer"}
 FT_BATCH_SIZE = 16  #@param {type:"integer"}
 FT_LEARNING_RATE = 1e-3  #@param {type:"number"}
 IMAGE_SIZE = 64  #@param {type:"integer"}
-WORK = "cnnrnn_work"  #@param {type:"string"}
 FASHION_MNIST = ""  #@param {type:"string"}
 """, """
 CSV_TRAIN = from_env("CSV_TRAIN", CSV_TRAIN)
@@ -280,7 +219,9 @@ IMAGE_SIZE = from_env("IMAGE_SIZE", IMAGE_SIZE)
 WORK = from_env("WORK", WORK)
 FASHION_MNIST = from_env("FASHION_MNIST", FASHION_MNIST) or None
 """),
+    GPU_CHECK,
     INSTALL,
+    WORK_FOLDER,
     code("""
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.makedirs(WORK, exist_ok=True)
@@ -460,6 +401,7 @@ out = serving.signatures["predict_images"](images=tf.constant([r.image for r in 
 for r, labels, count in zip(records, out["labels"].numpy(), out["label_count"].numpy()):
     print(r.image_id, "->", [x.decode() for x in labels[:count]], " truth:", r.labels)
 """),
+    SAVE_WORK,
 ]
 
 
@@ -467,7 +409,7 @@ def build(path: str, cells) -> None:
     nb = new_notebook(cells=cells, metadata={
         "kernelspec": KERNEL,
         "language_info": {"name": "python"},
-        "colab": {"provenance": []},
+        **COLAB_METADATA,
     })
     nbformat.validate(nb)
     # ids are deterministic so the committed files only change when a cell changes

@@ -183,6 +183,9 @@ def test_finetune_notebook_as_colab_runs_it(workdir, tmp_path, monkeypatch):
                       # the fine-tune quality is checked above; here only that it all runs
                       CNNRNN_NB_TRAIN="48", CNNRNN_NB_VAL="16", CNNRNN_NB_TEST="16", CNNRNN_NB_FT_EPOCHS="1", **env)
     text = text_outputs(nb)
+    # the GPU check saw google.colab: on a machine without a GPU it says how to get one
+    assert re.search(r"^GPU: ", text, re.M) or "Runtime > Change runtime type" in text, text[:3000]
+    assert f"work folder: {tmp_path / 'work'}" in text
     m = re.search(r"cnnrnn_tf (\S+) from (\S+)", text)
     assert m and m.group(2).startswith(site), text[:3000]  # installed by the notebook's cell
     assert "new labels: framed" in text

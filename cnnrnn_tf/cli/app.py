@@ -608,6 +608,10 @@ def build_parser() -> Parser:
 
     add_serving_commands(sub, Parser)
 
+    from cnnrnn_tf.doctor import add_doctor_command
+
+    add_doctor_command(sub)
+
     p = sub.add_parser("main-job", help="the README's main job (what 'make run' calls)")
     p.add_argument("--work-dir", default="runs/default",
                    help="data, pipeline, models and report go here")
