@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cnnrnn_tf import cli, doctor
+from cnnrnn_tf.cli import app as cli, doctor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -608,7 +608,7 @@ def build_parser() -> Parser:
 
     add_serving_commands(sub, Parser)
 
-    from cnnrnn_tf.doctor import add_doctor_command
+    from cnnrnn_tf.cli.doctor import add_doctor_command
 
     add_doctor_command(sub)
 
