@@ -132,6 +132,7 @@ def cmd_train(args) -> int:
 
         ClusterConfig.from_environment()
     check_local_inputs(args)
+    _import_tensorflow_quietly(args)
     from cnnrnn_tf.metrics import format_table
     from cnnrnn_tf.training.loop import train
 
@@ -653,16 +654,42 @@ def _quiet_startup(level: str = "error") -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def _import_tensorflow_quietly(args) -> None:
+    """Imports TensorFlow with the process's stderr (fd 2) pointed at /dev/null.
+
+    TensorFlow 2.20+ logs its start-up lines (CUDA probes, the oneDNN note) through absl
+    before absl's logging is initialised, which ignores ``TF_CPP_MIN_LOG_LEVEL``; only the
+    file descriptor can hold them back. A failed import still raises its Python exception,
+    printed after stderr is restored. Commands that never load TensorFlow set
+    ``needs_tensorflow=False`` in their parser defaults.
+    """
+    if ("tensorflow" in sys.modules or getattr(args, "log_level", "error") != "error"
+            or os.environ.get("CNNRNN_DEBUG") or not getattr(args, "needs_tensorflow", True)):
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 # The local input paths of each command, checked before anything heavy is imported, so a
 # mistyped path answers at once: (argument, what it is). URIs and glob patterns are left
 # to the command itself.
 def _local_inputs():
+    from cnnrnn_tf.cli.serve import cmd_client
+
     model = ("model", "model folder")
     return {
+        cmd_client: (("images", "image file"),),
         cmd_train: (("train", "data folder"), ("eval", "data folder"), ("test", "data folder")),
         cmd_evaluate: (model, ("data", "data folder")),
         cmd_report: (model, ("data", "data folder")),
-        cmd_predict: (model,),
+        cmd_predict: (model, ("images", "image file")),
         cmd_export: (model,),
         cmd_benchmark: (model,),
         cmd_data_split: (("data", "data folder"),),
@@ -675,12 +702,13 @@ def _local_inputs():
 def check_local_inputs(args) -> None:
     """InputError naming the first local input path of ``args`` that does not exist."""
     for name, what in _local_inputs().get(getattr(args, "func", None), ()):
-        value = getattr(args, name, None)
-        if not isinstance(value, str) or not value or "://" in value \
-                or any(c in value for c in "*?["):
-            continue
-        if not os.path.exists(value):
-            raise InputError(f"{value}: {what} does not exist")
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if not isinstance(value, str) or not value or "://" in value \
+                    or any(c in value for c in "*?["):
+                continue
+            if not os.path.exists(value):
+                raise InputError(f"{value}: {what} does not exist")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -690,6 +718,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.func is not cmd_train:  # cmd_train checks its flags first
             check_local_inputs(args)
+            _import_tensorflow_quietly(args)
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
