@@ -168,3 +168,21 @@ def test_paper_preset_reaches_the_model():
 
     lr = make_optimizer(TrainConfig.paper(), total_steps=100).learning_rate
     assert float(lr.numpy() if hasattr(lr, "numpy") else lr) == pytest.approx(1e-3)
+
+
+def test_predict_prints_only_its_result_and_no_tensorflow_start_up_lines():
+    """No CUDA probe or oneDNN note on stderr at the default --log-level, also where
+    TensorFlow logs them through absl before TF_CPP_MIN_LOG_LEVEL applies (2.20+)."""
+    import os
+    import subprocess
+    import sys
+
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "model_dir_0_4_0")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CNNRNN_DEBUG")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnrnn_tf.cli", "predict", "--model",
+         os.path.join(fixture, "cnn_rnn"), os.path.join(fixture, "images", "img0.png")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.startswith(os.path.join(fixture, "images", "img0.png") + ": green")

@@ -82,3 +82,22 @@ def test_log_level_hides_tensorflow_chatter_whatever_its_env(monkeypatch):
     monkeypatch.setenv("CNNRNN_DEBUG", "1")
     cli._quiet_startup("error")
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+def test_native_log_filter_drops_tensorflow_and_absl_lines_only():
+    from cnnrnn_tf.cli.quiet import NATIVE_LOG_LINE, wanted
+
+    dropped = [
+        b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+        b"I0000 00:00:1796306199.392137   20096 service.cc:145] XLA service 0x7f initialized\n",
+        b"2026-12-03 13:05:00.622781: I tensorflow/core/util/port.cc:113] oneDNN custom operations\n",
+        b"2026-12-03 13:05:00.722115: E external/local_xla/xla/stream_executor/cuda/cuda_dnn.cc:"
+        b"10575] Unable to register cuDNN factory\n",
+    ]
+    kept = [b"error: /x: data folder does not exist\n",
+            b"F0000 00:00:1796306199.392137   20096 check.cc:1] Check failed\n",
+            b"Traceback (most recent call last):\n"]
+    assert all(NATIVE_LOG_LINE.match(line) for line in dropped)
+    assert not any(NATIVE_LOG_LINE.match(line) for line in kept)
+    assert wanted(["train"]) and wanted(["--log-level", "error", "train"])
+    assert not wanted(["--log-level", "info", "train"]) and not wanted(["--log-level=debug"])

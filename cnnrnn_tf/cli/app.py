@@ -132,7 +132,6 @@ def cmd_train(args) -> int:
 
         ClusterConfig.from_environment()
     check_local_inputs(args)
-    _import_tensorflow_quietly(args)
     from cnnrnn_tf.metrics import format_table
     from cnnrnn_tf.training.loop import train
 
@@ -654,29 +653,6 @@ def _quiet_startup(level: str = "error") -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def _import_tensorflow_quietly(args) -> None:
-    """Imports TensorFlow with the process's stderr (fd 2) pointed at /dev/null.
-
-    TensorFlow 2.20+ logs its start-up lines (CUDA probes, the oneDNN note) through absl
-    before absl's logging is initialised, which ignores ``TF_CPP_MIN_LOG_LEVEL``; only the
-    file descriptor can hold them back. A failed import still raises its Python exception,
-    printed after stderr is restored. Commands that never load TensorFlow set
-    ``needs_tensorflow=False`` in their parser defaults.
-    """
-    if ("tensorflow" in sys.modules or getattr(args, "log_level", "error") != "error"
-            or os.environ.get("CNNRNN_DEBUG") or not getattr(args, "needs_tensorflow", True)):
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 # The local input paths of each command, checked before anything heavy is imported, so a
 # mistyped path answers at once: (argument, what it is). URIs and glob patterns are left
 # to the command itself.
@@ -718,7 +694,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.func is not cmd_train:  # cmd_train checks its flags first
             check_local_inputs(args)
-            _import_tensorflow_quietly(args)
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -752,9 +727,14 @@ _STORAGE_ERRORS = ("NotFoundError", "PermissionDeniedError", "UnauthenticatedErr
 def run() -> None:
     """The console script: :func:`main`, then an exit that keeps its status (see
     :func:`cnnrnn_tf.uri.exit_process`: tensorflow-io's S3 file system can abort at exit)."""
+    from cnnrnn_tf.cli import quiet
     from cnnrnn_tf.uri import exit_process
 
-    exit_process(main())
+    native_logs = quiet.install()
+    status = main()
+    if native_logs is not None:
+        native_logs.close()
+    exit_process(status)
 
 
 if __name__ == "__main__":
