@@ -22,6 +22,22 @@ import tensorflow as tf
 from cnnrnn_tf import uri
 from cnnrnn_tf.errors import InputError
 
+# Images larger than this (either side, in pixels) are refused rather than
+# decoded: a 20000x20000 RGB image would take 1.2 GB before resizing. The side is
+# read from the PNG / JPEG / GIF / BMP header first (inputs.images.image_header_side), so
+# a file whose header claims 100000x100000 is refused without allocating its pixels.
+MAX_IMAGE_SIDE = 8192
+# 16 MP in all (4096 x 4096): the decoded RGB image then takes at most 48 MiB.
+MAX_IMAGE_PIXELS = 16 * 1024 * 1024
+TOO_LARGE_MESSAGE = (f"image too large: at most {MAX_IMAGE_SIDE} pixels a side and "
+                     f"{MAX_IMAGE_PIXELS} pixels in all")
+
+
+def image_too_large(width: int, height: int) -> bool:
+    """The Python side of the size limits (converters, Pillow checks)."""
+    return max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS
+
+
 IMAGE_KEY = "image/encoded"
 LABELS_KEY = "image/labels"
 ID_KEY = "image/id"

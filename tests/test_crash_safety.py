@@ -32,7 +32,7 @@ def _env():
 
 # ------------------------------------------------------------------ converters
 def test_converter_interrupted_midway_leaves_nothing(tmp_path, monkeypatch):
-    from cnnrnn_tf.data import converters
+    from cnnrnn_tf.data import converters, writing
     from tests.conftest import png_bytes, synthetic_image
 
     (tmp_path / "imgs").mkdir()
@@ -41,7 +41,7 @@ def test_converter_interrupted_midway_leaves_nothing(tmp_path, monkeypatch):
         (tmp_path / "imgs" / f"{i}.png").write_bytes(png_bytes(synthetic_image(["red"], seed=i)))
         lines.append(f"imgs/{i}.png,red")
     (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
-    real = converters.read_image_file
+    real = writing.read_checked_image
     calls = []
 
     def flaky(path, where):
@@ -50,12 +50,12 @@ def test_converter_interrupted_midway_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(path, where)
 
-    monkeypatch.setattr(converters, "read_image_file", flaky)
+    monkeypatch.setattr(writing, "read_checked_image", flaky)
     with pytest.raises(KeyboardInterrupt):
         converters.convert_csv(str(tmp_path / "data.csv"), str(tmp_path / "out"),
                                records_per_shard=2)
     assert not (tmp_path / "out").exists()
-    monkeypatch.setattr(converters, "read_image_file", real)
+    monkeypatch.setattr(writing, "read_checked_image", real)
     summary = converters.convert_csv(str(tmp_path / "data.csv"), str(tmp_path / "out"),
                                      records_per_shard=2)
     assert summary.written == 10 and len(schema.list_shards(str(tmp_path / "out"))) == 5

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("apache_beam")
 
 from cnnrnn_tf.cli.app import main  # noqa: E402
-from cnnrnn_tf.data import beam_writer, converters  # noqa: E402
+from cnnrnn_tf.data import beam_writer, writing  # noqa: E402
 from cnnrnn_tf.data.converters import convert_coco, convert_csv, convert_voc  # noqa: E402
 from cnnrnn_tf.errors import InputError  # noqa: E402
 from cnnrnn_tf.schema import iter_records, list_shards  # noqa: E402
@@ -121,7 +121,7 @@ def test_beam_worker_error_leaves_nothing(csv_dir, tmp_path, monkeypatch):
     def broken(path, where):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(converters, "read_image_file", broken)  # in_memory: same process
+    monkeypatch.setattr(writing, "read_checked_image", broken)  # in_memory: same process
     with pytest.raises(Exception, match="disk on fire"):
         convert_csv(str(_csv(csv_dir)), str(tmp_path / "out"), **IN_MEMORY)
     assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnrnn_tf.data import converters
+from cnnrnn_tf.data import writing
 from cnnrnn_tf.data.converters import convert_coco, convert_csv, convert_voc
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.schema import image_format, iter_records, list_shards
@@ -312,7 +312,7 @@ def test_output_path_is_a_file(voc_root, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="not a folder"):
         convert_voc(str(voc_root), "train", str(tmp_path / "file"))
-    assert converters.ConversionSummary("d", 1).num_labels == 0
+    assert writing.ConversionSummary("d", 1).num_labels == 0
 
 
 # --------------------------------------------------------------------------- bad images, label counts

@@ -8,14 +8,8 @@
   (``cnnrnn data split``), by a stable hash, copying records byte for byte.
 * :mod:`cnnrnn_tf.data.idx`: the IDX (MNIST) file reader.
 """
-from cnnrnn_tf.data.converters import (
-    BadImageError,
-    ConversionSummary,
-    convert_coco,
-    convert_csv,
-    convert_voc,
-    read_image_file,
-)
+from cnnrnn_tf.data.converters import convert_coco, convert_csv, convert_voc
+from cnnrnn_tf.data.writing import BadImageError, ConversionSummary, read_checked_image
 from cnnrnn_tf.data.fashion_outfits import (
     OUTFIT_LABELS,
     OUTFIT_STYLES,
@@ -46,7 +40,7 @@ __all__ = [
     "read_idx",
     "read_idx_images",
     "read_idx_labels",
-    "read_image_file",
+    "read_checked_image",
     "split_train_val",
     "val_point",
     "write_idx",

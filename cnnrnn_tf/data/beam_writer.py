@@ -3,7 +3,7 @@
 :func:`write_with_beam` is what ``convert_csv`` / ``convert_coco`` /
 ``convert_voc`` call with ``beam=True`` (``cnnrnn data from-* --beam``). The
 annotations were parsed in the driver into a list of
-:class:`~cnnrnn_tf.data.converters.ImageItem`; this module
+:class:`~cnnrnn_tf.data.writing.ImageItem`; this module
 
 1. cuts that list into contiguous runs of ``records_per_shard`` items (the
    shards the single-process writer would write, so the shard count is known
@@ -11,7 +11,7 @@ annotations were parsed in the driver into a list of
    (JSON lines) into a temporary folder ``OUT/.beam-tmp-<token>/``;
 2. runs ``Create(shard numbers) | Reshuffle | Map(write_shard)``: each call reads
    its task file, reads and checks its images
-   (:func:`~cnnrnn_tf.data.converters.read_image_file`), writes one GZIP
+   (:func:`~cnnrnn_tf.data.writing.read_checked_image`), writes one GZIP
    TFRecord shard and a JSON file of its counts (examples, labels, bad images).
    Only shard numbers travel through Beam, never image bytes, so no shuffle
    holds the data and a worker holds one image at a time;
@@ -111,13 +111,13 @@ def write_shard(shard: int, tmp: str, on_bad_image: str) -> int:
     Returns the number of records written. Under ``on_bad_image="fail"`` it stops at
     the shard's first bad image (the driver reports it).
     """
-    from cnnrnn_tf.data import converters  # the module attribute, so tests can patch it
+    from cnnrnn_tf.data import writing  # the module attribute, so tests can patch it
 
     items = []
     for line in read_text(_task_path(tmp, shard), "task file").splitlines():
         if line:
             index, path, labels, image_id, where = json.loads(line)
-            items.append((index, converters.ImageItem(path, tuple(labels), image_id, where)))
+            items.append((index, writing.ImageItem(path, tuple(labels), image_id, where)))
     labels: Counter = Counter()
     bad = []
     count = 0
@@ -126,9 +126,9 @@ def write_shard(shard: int, tmp: str, on_bad_image: str) -> int:
     with tf.io.TFRecordWriter(partial, options=COMPRESSION) as writer:
         for index, item in items:
             try:
-                image = converters.read_image_file(item.path, item.where)
-            except converters.BadImageError as exc:
-                bad.append(converters.BadImage.from_error(index, item, exc))
+                image = writing.read_checked_image(item.path, item.where)
+            except writing.BadImageError as exc:
+                bad.append(writing.BadImage.from_error(index, item, exc))
                 if on_bad_image == "fail":
                     break
                 continue
@@ -177,28 +177,28 @@ def write_with_beam(items, out_dir: str, *, records_per_shard: int, on_bad_image
                     beam_args: Sequence[str] = (), direct_num_workers: int = 2):
     """Writes ``items`` (ImageItems) as shards in ``out_dir`` with Beam; see the module docstring.
 
-    Returns a :class:`~cnnrnn_tf.data.converters.WriteResult`.
+    Returns a :class:`~cnnrnn_tf.data.writing.WriteResult`.
     """
-    from cnnrnn_tf.data import converters
+    from cnnrnn_tf.data import writing
 
     _import_beam()  # fail before anything is written
-    converters.check_no_shards(out_dir)
+    writing.check_no_shards(out_dir)
     args = pipeline_args(beam_args, direct_num_workers)
-    with converters.output_guard(out_dir) as published:
+    with writing.output_guard(out_dir) as published:
         makedirs(out_dir, "output folder")
         tmp = uri.join(out_dir, f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}")
         try:
             num_shards = write_tasks(tmp, items, records_per_shard)
             run_pipeline(tmp, num_shards, on_bad_image, args)
             stats = _read_stats(tmp, num_shards)
-            bad = sorted((converters.BadImage(*b) for s in stats for b in s["bad"]),
+            bad = sorted((writing.BadImage(*b) for s in stats for b in s["bad"]),
                          key=lambda b: b.index)
             if bad and on_bad_image == "fail":
                 more = f" (and {len(bad) - 1} more bad image files)" if len(bad) > 1 else ""
-                raise converters.BadImageError(bad[0].message + more, bad[0].path, bad[0].reason)
+                raise writing.BadImageError(bad[0].message + more, bad[0].path, bad[0].reason)
             keep = [shard for shard in range(num_shards) if stats[shard]["count"]]
             if not keep:
-                raise InputError(converters.all_bad_message(bad))
+                raise InputError(writing.all_bad_message(bad))
             shards = []
             for i, shard in enumerate(keep):
                 dst = uri.join(out_dir, f"data-{i:05d}-of-{len(keep):05d}{SHARD_SUFFIX}")
@@ -208,10 +208,10 @@ def write_with_beam(items, out_dir: str, *, records_per_shard: int, on_bad_image
             labels: Counter = Counter()
             for s in stats:
                 labels.update(s["label_counts"])
-            result = converters.WriteResult(
+            result = writing.WriteResult(
                 sum(s["count"] for s in stats), dict(sorted(labels.items())), tuple(shards),
                 tuple(bad))
-            sidecars = converters.write_sidecar_files(out_dir, result)
+            sidecars = writing.write_sidecar_files(out_dir, result)
             published.extend(sidecars)
         finally:
             remove_quietly(tmp)

@@ -82,7 +82,7 @@ from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from cnnrnn_tf.data.converters import (
+from cnnrnn_tf.data.writing import (
     LABEL_COUNTS_FILE,
     ConversionSummary,
     check_no_shards,

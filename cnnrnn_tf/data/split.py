@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from cnnrnn_tf import uri
-from cnnrnn_tf.data.converters import (
+from cnnrnn_tf.data.writing import (
     DEFAULT_RECORDS_PER_SHARD,
     LABEL_COUNTS_FILE,
     ConversionSummary,

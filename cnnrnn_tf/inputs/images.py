@@ -20,15 +20,10 @@ from typing import Optional
 
 import tensorflow as tf
 
-# Images larger than this (either side, in pixels) are refused rather than
-# decoded: a 20000x20000 RGB image would take 1.2 GB before resizing. The side is
-# read from the PNG / JPEG / GIF / BMP header first (image_header_side), so a file
-# whose header claims 100000x100000 is refused without allocating its pixels.
-MAX_IMAGE_SIDE = 8192
-# 16 MP in all (4096 x 4096): the decoded RGB image then takes at most 48 MiB.
-MAX_IMAGE_PIXELS = 16 * 1024 * 1024
-TOO_LARGE_MESSAGE = (f"image too large: at most {MAX_IMAGE_SIDE} pixels a side and "
-                     f"{MAX_IMAGE_PIXELS} pixels in all")
+from cnnrnn_tf.schema import (  # noqa: F401  (the image size limits are the records' contract)
+    MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, TOO_LARGE_MESSAGE, image_too_large,
+)
+
 # Images of a batch decoded at the same time (tf.map_fn's parallel_iterations).
 DECODE_PARALLELISM = 2
 
@@ -120,11 +115,6 @@ def check_image_bytes(data: bytes, name: str = "image") -> None:
         raise InputError(f"{name}: not a decodable PNG/JPEG/GIF/BMP image "
                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                          ) from None
-
-
-def image_too_large(width: int, height: int) -> bool:
-    """The Python side of the size limits (converters, Pillow checks)."""
-    return max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS
 
 
 def _jpeg_ratio(dims: tf.Tensor, image_size: int) -> tf.Tensor:
