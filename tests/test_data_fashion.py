@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cnnrnn_tf.data import fashion_outfits as fo
+from cnnrnn_tf.data import outfit_grammar as og
 from cnnrnn_tf.data import idx
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.schema import iter_records, list_shards
@@ -72,7 +73,7 @@ def fake_source(tmp_path):
 
 def _fits_grammar(labels) -> bool:
     """A subset of one style's items plus at most one off-style item."""
-    return any(len(set(labels) - set(style.items)) <= 1 for style in fo.OUTFIT_STYLES)
+    return any(len(set(labels) - set(style.items)) <= 1 for style in og.OUTFIT_STYLES)
 
 
 def _shard_bytes(folder):
@@ -148,16 +149,16 @@ def test_load_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
 
 
 def test_grammar_is_documented_and_consistent():
-    for line in fo._style_table().splitlines():
-        assert "    " + line in fo.__doc__
-    assert "winter" in fo.describe_grammar()
-    for style in fo.OUTFIT_STYLES:
+    for line in og._style_table().splitlines():
+        assert "    " + line in og.__doc__
+    assert "winter" in og.describe_grammar()
+    for style in og.OUTFIT_STYLES:
         assert set(style.items) <= set(fo.OUTFIT_LABELS)
-        assert len(style.slots) <= fo.MAX_ITEMS
+        assert len(style.slots) <= og.MAX_ITEMS
         for slot in style.slots:
             assert abs(sum(o for _, o in slot.choices) - 1.0) < 1e-9
-    out = fo.label_frequencies("outfits")
-    ind = fo.label_frequencies("independent")
+    out = og.label_frequencies("outfits")
+    ind = og.label_frequencies("independent")
     assert list(out) == list(fo.OUTFIT_LABELS)
     for label in fo.OUTFIT_LABELS:
         assert 0.05 < out[label] < 0.6
@@ -167,15 +168,15 @@ def test_grammar_is_documented_and_consistent():
 def test_samplers_match_frequencies_but_not_cooccurrence():
     n = 4000
     draws = {}
-    for grammar in fo.GRAMMARS:
+    for grammar in og.GRAMMARS:
         rng = np.random.default_rng(123)
-        sample = fo.make_label_sampler(grammar)
+        sample = og.make_label_sampler(grammar)
         draws[grammar] = [sample(rng) for _ in range(n)]
         for labels in draws[grammar]:
             assert 1 <= len(labels) <= 4 and len(set(labels)) == len(labels)
             assert set(labels) <= set(fo.OUTFIT_LABELS)
         freq = Counter(l for labels in draws[grammar] for l in labels)
-        expected = fo.label_frequencies(grammar)
+        expected = og.label_frequencies(grammar)
         for label in fo.OUTFIT_LABELS:
             assert abs(freq[label] / n - expected[label]) < 0.035, (grammar, label)
     assert all(_fits_grammar(labels) for labels in draws["outfits"])
