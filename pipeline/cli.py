@@ -7,15 +7,13 @@ import sys
 from typing import Any, Dict, Optional
 
 from cnnrnn_tf import uri
-from cnnrnn_tf.config import TrainConfig
+from cnnrnn_tf.config import TrainConfig, config_overrides
 from cnnrnn_tf.errors import InputError
 
 PIPELINE_NAME = "cnnrnn"
 # The Evaluator's value threshold: a model whose OF1 is below this (e.g. one that
 # predicts no labels at all) is not blessed, so the Pusher does not push it.
 DEFAULT_MIN_OF1 = 0.1
-# The training flags `cnnrnn pipeline run` shares with `cnnrnn train` (TrainConfig fields).
-TRAIN_FLAGS = ("model", "backbone", "image_size", "epochs", "label_order", "batch_size", "seed")
 
 
 def detect_layout(data: str):
@@ -86,10 +84,7 @@ def train_config_from_args(args) -> TrainConfig:
             raise InputError(f"--train-config {path}: not JSON ({exc})") from None
         if not isinstance(fields, dict):
             raise InputError(f"--train-config {path}: expected a JSON object of TrainConfig fields")
-    for key in TRAIN_FLAGS:
-        value = getattr(args, key, None)
-        if value is not None:
-            fields[key] = value
+    fields.update(config_overrides(args))
     try:
         return TrainConfig.from_dict(fields)
     except InputError as exc:

@@ -138,7 +138,8 @@ def test_predict_bad_images(cli_model, capsys, tmp_path):
 
 
 def test_train_flags_reach_the_config():
-    from cnnrnn_tf.cli.app import _train_config, build_parser
+    from cnnrnn_tf.cli.app import build_parser
+    from cnnrnn_tf.cli.train import config_from_args as _train_config
 
     base = ["train", "--train", "a", "--eval", "b", "--out", "c"]
     config = _train_config(build_parser().parse_args(base))
@@ -149,7 +150,8 @@ def test_train_flags_reach_the_config():
 
 
 def test_paper_preset_reaches_the_model():
-    from cnnrnn_tf.cli.app import _train_config, build_parser
+    from cnnrnn_tf.cli.app import build_parser
+    from cnnrnn_tf.cli.train import config_from_args as _train_config
     from cnnrnn_tf.config import PAPER_SETTINGS, TrainConfig
     from cnnrnn_tf.models import build_model
 
@@ -168,6 +170,47 @@ def test_paper_preset_reaches_the_model():
 
     lr = make_optimizer(TrainConfig.paper(), total_steps=100).learning_rate
     assert float(lr.numpy() if hasattr(lr, "numpy") else lr) == pytest.approx(1e-3)
+
+
+def test_every_train_config_field_is_declared_with_help_and_a_flag_or_api_only():
+    """Adding a TrainConfig field without a help text (or without a flag, unless it is
+    declared api_only) fails here; each flag reaches its field."""
+    import dataclasses
+
+    from cnnrnn_tf.cli.app import build_parser
+    from cnnrnn_tf.cli.train import config_from_args
+    from cnnrnn_tf.config import TrainConfig, flag_name
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {o for a in train._actions for o in a.option_strings}
+    for field in dataclasses.fields(TrainConfig):
+        meta = field.metadata
+        assert meta.get("help", "").strip(), f"TrainConfig.{field.name} has no help text"
+        assert meta.get("api_only") or flag_name(field) in flags, field.name
+    base = ["train", "--train", "a", "--eval", "b", "--out", "c"]
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(base + [
+        "--validation-steps", "3", "--patience", "2", "--no-early-stopping", "--hflip",
+        "--no-pretrained-weights", "--crop-scale", "0.5", "--cache", "none"]))
+    assert (config.validation_steps, config.early_stopping_patience, config.early_stopping,
+            config.hflip, config.weights, config.crop_scale, config.cache) == (
+        3, 2, False, True, "none", 0.5, "none")
+    assert config_from_args(parser.parse_args(base)) == TrainConfig()
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--dropout", "1.5"])
+
+
+def test_pipeline_training_flags_come_from_the_same_declaration_without_defaults():
+    from cnnrnn_tf.cli.app import build_parser
+    from cnnrnn_tf.config import config_overrides
+
+    parser = build_parser()
+    common = ["--data", "d", "--pipeline-root", "r", "--serving-dir", "s"]
+    args = parser.parse_args(["pipeline", "run", *common])
+    assert config_overrides(args) == {}  # nothing overrides a --train-config file
+    args = parser.parse_args(["pipeline", "compile", "--runner", "kubeflow-v2", "--image", "i",
+                              "--output", "p.json", *common, "--lstm-units", "32", "--ema"])
+    assert config_overrides(args) == {"lstm_units": 32, "ema": True}
 
 
 def test_predict_prints_only_its_result_and_no_tensorflow_start_up_lines():

@@ -230,7 +230,7 @@ def doctor_command(args) -> int:
     return 0
 
 
-def add_doctor_command(sub) -> None:
+def register(sub) -> None:
     """Adds ``doctor`` to the CLI's subparsers."""
     p = sub.add_parser(
         "doctor", help="versions, GPUs, s3:// and gs:// support and CPUs of this environment",

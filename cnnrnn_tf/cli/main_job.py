@@ -23,12 +23,14 @@ import os
 import shutil
 import time
 
-from cnnrnn_tf.schema import SHARD_GLOB
+from cnnrnn_tf.cli.args import non_negative_int, positive_int
 
 MODEL_NAME = "cnnrnn"
 
 
 def _has_shards(path: str) -> bool:
+    from cnnrnn_tf.schema import SHARD_GLOB
+
     return bool(glob.glob(os.path.join(path, SHARD_GLOB)))
 
 
@@ -190,3 +192,24 @@ def _table_title(rows, test_dir: str, val_name: str) -> str:
     images = " / ".join(str(n) for n in sizes) or "?"
     return (f"Scored on the test split {test_dir} ({images} images), which no step before "
             f"read; early stopping, checkpoints and thresholds selected on {val_name}")
+
+
+def cmd_main_job(args) -> int:
+    from cnnrnn_tf.cli.main_job import run_main_job
+
+    return run_main_job(args.work_dir, num_train=args.train, num_test=args.test,
+                        epochs=args.epochs, seed=args.seed)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("main-job", help="the README's main job (what 'make run' calls)")
+    p.add_argument("--work-dir", default="runs/default",
+                   help="data, pipeline, models and report go here")
+    p.add_argument("--train", type=positive_int, default=None,
+                   help="train scenes when the job builds its data (default 10000)")
+    p.add_argument("--test", type=positive_int, default=None,
+                   help="val and test scenes each, when the job builds its data (default 2000)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="training epochs (default: chosen from the training set size)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="data and training seed")
+    p.set_defaults(func=cmd_main_job)

@@ -180,8 +180,8 @@ def cmd_client(args) -> int:
     return 0
 
 
-def add_serving_commands(sub, parser_class) -> None:
-    """Adds ``serve`` and ``client`` to the CLI's subparsers (they use ``parser_class``)."""
+def register(sub) -> None:
+    """Adds ``serve`` and ``client`` to the CLI's subparsers."""
     from cnnrnn_tf.cli.args import non_negative_int, positive_float, positive_int
 
     p = sub.add_parser(
@@ -268,4 +268,4 @@ def add_serving_commands(sub, parser_class) -> None:
                    help="call metadata sent with every call (repeatable), e.g. "
                         "'authorization=Bearer TOKEN' for 'cnnrnn serve --auth-token-file'")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to send")
-    p.set_defaults(func=cmd_client)
+    p.set_defaults(func=cmd_client, local_inputs=(("images", "image file"),))
