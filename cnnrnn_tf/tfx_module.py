@@ -84,7 +84,8 @@ def run_fn(fn_args) -> None:
     from cnnrnn_tf.config import TrainConfig
     from cnnrnn_tf.errors import InputError
     from cnnrnn_tf.serving.export import export_saved_model
-    from cnnrnn_tf.training.loop import choose_strategy, train
+    from cnnrnn_tf.training.devices import choose_strategy
+    from cnnrnn_tf.training.loop import train
 
     custom = dict(fn_args.custom_config or {})
     # First: a multi-worker strategy must exist before TensorFlow runs anything.

@@ -52,7 +52,9 @@ def _statistics_of(model, batches, num_batches):
 def test_ema_model_is_saved_with_its_own_batch_norm_statistics(tiny_data, tmp_path):
     from cnnrnn_tf.training.ema_batch_norm import BN_BATCHES
     from cnnrnn_tf.model_dir import load_model_dir
-    from cnnrnn_tf.training.loop import ema_batch_norm_batches, plan_training, train
+    from cnnrnn_tf.training.callbacks import ema_batch_norm_batches
+    from cnnrnn_tf.training.loop import train
+    from cnnrnn_tf.training.plan import plan_training
 
     config = TrainConfig(**TINY_EMA)
     raw = RawStatistics()

@@ -6,7 +6,7 @@ import pytest
 from cnnrnn_tf import schema
 
 from cnnrnn_tf.cli import main_job
-from cnnrnn_tf.training.loop import split_names
+from cnnrnn_tf.training.splits import split_names
 from tests.conftest import synthetic_records
 
 

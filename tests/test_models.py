@@ -149,7 +149,7 @@ def test_asymmetric_loss_matches_hand_value_and_reduces_to_bce():
 
 
 def test_mixed_precision_fit_and_decode():
-    from cnnrnn_tf.training.loop import precision_policy
+    from cnnrnn_tf.training.devices import precision_policy
 
     with precision_policy(True):
         model, inputs = make_cnn_rnn()

@@ -91,7 +91,7 @@ def test_bad_tf_config_gives_one_line_naming_the_field(text, message):
 def test_choose_strategy_keeps_the_normal_path_for_a_single_worker(monkeypatch):
     import tensorflow as tf
 
-    from cnnrnn_tf.training.loop import choose_strategy
+    from cnnrnn_tf.training.devices import choose_strategy
 
     monkeypatch.setenv(TF_CONFIG, tf_config({"worker": ["localhost:2001"]}))
     assert not isinstance(choose_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
@@ -212,7 +212,8 @@ WORKER_SCRIPT = textwrap.dedent("""
     import json, logging, sys
     import tensorflow as tf
     from cnnrnn_tf.config import TrainConfig
-    from cnnrnn_tf.training.loop import choose_strategy, train
+    from cnnrnn_tf.training.devices import choose_strategy
+    from cnnrnn_tf.training.loop import train
 
     strategy = choose_strategy()  # from TF_CONFIG, before TensorFlow runs anything
     logging.basicConfig()

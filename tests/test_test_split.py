@@ -124,7 +124,7 @@ def test_splits_are_compared_by_their_shards_on_uris_too(tmp_path):
     """A glob, a list of shards or a URI spelled with a trailing slash are the same data;
     a missing --test folder fails at once, not after training."""
     from cnnrnn_tf.errors import InputError
-    from cnnrnn_tf.training.loop import check_splits_apart
+    from cnnrnn_tf.training.splits import check_splits_apart
     from tests.conftest import synthetic_records
 
     base = f"ram://splits-{tmp_path.name}"

@@ -16,7 +16,7 @@ from cnnrnn_tf.config import TrainConfig
 from cnnrnn_tf.inputs.dataset import (LABEL_COUNTS_FILE, choose_cache, make_dataset, read_label_counts,
                                resolve_files, scan_labels)
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.training.loop import choose_jit_compile, choose_steps_per_execution
+from cnnrnn_tf.training.devices import choose_jit_compile, choose_steps_per_execution
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +99,7 @@ def test_training_reads_label_counts_and_scans_once(tiny_data, monkeypatch, tmp_
     """With label_counts.json on both splits: the training split is scanned once (for the
     longest label set), the validation split never, the evaluation reuses the plan's stats."""
     from cnnrnn_tf.inputs import dataset as dataset_module
-    from cnnrnn_tf.training import loop as training
+    from cnnrnn_tf.training import plan as training
 
     for split in ("train", "test"):
         _write_counts(tiny_data / split, resolve_files(str(tiny_data / split)))

@@ -104,7 +104,8 @@ def _train_or_reuse(config, train_data, val_data, test_dir, out):
     """metrics.json of a model trained on train, selected on val and scored on test:
     the one in ``out`` when it was trained on exactly these splits, else a new one."""
     from cnnrnn_tf.model_dir import METRICS_FILE, is_model_dir
-    from cnnrnn_tf.training.loop import split_names, train
+    from cnnrnn_tf.training.loop import train
+    from cnnrnn_tf.training.splits import split_names
 
     if is_model_dir(out):
         try:

@@ -23,7 +23,7 @@ class DecodedValidation(keras.callbacks.Callback):
     with like. The eval dataset and the compiled decoder are built once.
 
     On several workers each decodes its share of the split (``sharded``: the dataset is
-    :func:`worker_shard`'s part, as ``cnnrnn_tf.training.loop.decoded_validation_dataset`` makes
+    :func:`worker_shard`'s part, as ``cnnrnn_tf.training.plan.decoded_validation_dataset`` makes
     it), and every worker gathers all the workers' predictions (:func:`gather_predictions`)
     before anything is scored: the thresholds, the per-class counts and the AP are those of
     the whole split, never an average of per-shard F1 or AP, and every worker logs the same

@@ -211,7 +211,7 @@ def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional
     ``out_dir`` gets the usual MODEL_DIR (model, vocabulary, SavedModel, metrics
     on ``eval_dir``); its ``config.json`` records ``finetuned_from`` and ``new_labels``.
 
-    ``strategy``: as for ``train()`` (default :func:`cnnrnn_tf.training.loop.choose_strategy`,
+    ``strategy``: as for ``train()`` (default :func:`cnnrnn_tf.training.devices.choose_strategy`,
     which reads ``TF_CONFIG``). It is chosen before anything else runs TensorFlow (a
     MultiWorkerMirroredStrategy must come first), and the model is loaded and grown inside
     its scope, so that its variables belong to it. ``extra_callbacks``: passed to ``train()``.
@@ -223,7 +223,8 @@ def finetune(model_dir: str, train_dir, eval_dir, out_dir: str, epochs: Optional
     from cnnrnn_tf.errors import InputError
     from cnnrnn_tf.model_dir import CONFIG_FILE, is_model_dir, load_model_dir, write_json
     from cnnrnn_tf.uri import join
-    from cnnrnn_tf.training.loop import choose_strategy, train
+    from cnnrnn_tf.training.devices import choose_strategy
+    from cnnrnn_tf.training.loop import train
 
     fixed = {"model", "backbone", "image_size", "embed_dim", "lstm_units"} & set(config_changes)
     if fixed:
