@@ -141,131 +141,12 @@ def beam_search(
     Returns:
       A dict of tensors; see the module docstring.
     """
-    K, V, L = int(beam_size), int(num_tokens), int(max_length)
-    if K < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    if L < 0:
-        raise ValueError(f"max_length must be >= 0, got {max_length}")
-    if not 0 <= end_id < V:
-        raise ValueError(f"end_id {end_id} is outside [0, {V})")
-    forbidden = set(int(i) for i in forbidden_ids)
-    if end_id in forbidden:
-        raise ValueError("end_id must not be forbidden: every path has to end")
-    if int(min_length) < 0:
-        raise ValueError(f"min_length must be >= 0, got {min_length}")
-    min_len = min(int(min_length), L)
-
-    B = tf.convert_to_tensor(batch_size, tf.int32)
-    N = B * K
-    W = min(K, V)  # extensions per live path: its top N allowed tokens
-    neg_inf = tf.constant(-np.inf, tf.float32)
-    forbidden_mask = tf.constant(np.isin(np.arange(V), sorted(forbidden)))  # [V]
-    is_end = tf.constant(np.arange(V) == end_id)  # [V]
-    token_range = tf.range(V, dtype=tf.int32)
-    position_range = tf.range(L, dtype=tf.int32)
-    # Row offset of each item's first live slot in the folded [batch*beam] layout.
-    item_offset = tf.range(B, dtype=tf.int32)[:, None] * K  # [B, 1]
-
-    state0 = tf.nest.map_structure(
-        lambda x: tf.repeat(tf.convert_to_tensor(x), K, axis=0), initial_state
-    )
-    tokens0 = tf.fill([N], tf.constant(start_id, tf.int32))
-    first_slot = tf.constant([0.0] + [-np.inf] * (K - 1), tf.float32)
-    live0 = tf.reshape(tf.tile(first_slot[None, :], [B, 1]), [N])  # -inf: no path
-    seen0 = tf.zeros([N, V], tf.bool)
-    hist0 = tf.fill([N, L], tf.constant(-1, tf.int32))
-    hist_probs0 = tf.zeros([N, L], tf.float32)
-    max_probs0 = tf.zeros([N, V], tf.float32)
-    cand0 = tf.fill([B, K], neg_inf)  # candidates: finished paths, best first
-    cand_hist0 = tf.fill([B, K, L], tf.constant(-1, tf.int32))
-    cand_hist_probs0 = tf.zeros([B, K, L], tf.float32)
-    cand_max_probs0 = tf.zeros([B, K, V], tf.float32)
-
-    def going_on(live, cand):
-        """[B]: some live path of the item beats its best candidate (step 1)."""
-        return tf.reduce_max(tf.reshape(live, [B, K]), axis=1) > cand[:, 0]
-
-    def cond(t, tokens, state, live, seen, hist, hist_probs, max_probs,
-             cand, cand_hist, cand_hist_probs, cand_max_probs):
-        return tf.logical_and(t <= L, tf.reduce_any(going_on(live, cand)))
-
-    def body(t, tokens, state, live, seen, hist, hist_probs, max_probs,
-             cand, cand_hist, cand_hist_probs, cand_max_probs):
-        # 1. A done item drops its live paths, so its candidates stay as they are.
-        live = tf.where(tf.repeat(going_on(live, cand), K), live, neg_inf)
-
-        logits, new_state = step_fn(tokens, state)
-        logits = tf.cast(logits, tf.float32)
-        mask = tf.broadcast_to(forbidden_mask[None, :], tf.shape(logits))
-        if no_repeat:
-            mask = tf.logical_or(mask, seen)
-        if min_len > 0:
-            mask = tf.logical_or(mask, tf.logical_and(is_end[None, :], t < min_len))
-        log_probs = tf.nn.log_softmax(tf.where(mask, tf.constant(MASK_VALUE, tf.float32), logits))
-        probs = tf.exp(log_probs)
-        max_probs = tf.maximum(max_probs, probs)  # this step included, END step too
-
-        # 2. Each live path's N most probable allowed tokens (only END at max_length).
-        allowed = tf.logical_not(mask)
-        allowed = tf.logical_and(allowed, tf.logical_or(t < L, is_end[None, :]))
-        top_lp, top_tok = tf.math.top_k(tf.where(allowed, log_probs, neg_inf), k=W)
-        ext = live[:, None] + top_lp  # [N, W]; -inf: no extension
-        ext_is_end = tf.equal(top_tok, end_id)
-
-        # 3. Extensions by END join the candidates (at most one per live path).
-        end_score = tf.reduce_max(tf.where(ext_is_end, ext, neg_inf), axis=1)  # [N]
-        pool = tf.concat([cand, tf.reshape(end_score, [B, K])], axis=1)  # old ones first
-        cand, pick = tf.math.top_k(pool, k=K)
-        empty = tf.math.is_inf(cand)[:, :, None]
-
-        def merge(old, new):
-            both = tf.concat([old, tf.reshape(new, tf.concat([[B, K], tf.shape(new)[1:]], 0))], 1)
-            return tf.where(empty, tf.zeros_like(old), tf.gather(both, pick, batch_dims=1))
-
-        cand_hist = tf.where(empty, tf.constant(-1, tf.int32), merge(cand_hist, hist))
-        cand_hist_probs = merge(cand_hist_probs, hist_probs)
-        cand_max_probs = merge(cand_max_probs, max_probs)
-
-        # 4. The next live paths: the N best extensions by a label.
-        label_ext = tf.reshape(tf.where(ext_is_end, neg_inf, ext), [B, K * W])
-        new_live, flat_idx = tf.math.top_k(label_ext, k=K)
-        rows = tf.reshape(flat_idx // W + item_offset, [N])  # parent row of each slot
-        picked = tf.reshape(flat_idx + item_offset * W, [N])  # index into [N*W]
-        token = tf.gather(tf.reshape(top_tok, [N * W]), picked)
-        chosen_prob = tf.exp(tf.gather(tf.reshape(top_lp, [N * W]), picked))
-        live = tf.reshape(new_live, [N])
-
-        write = tf.equal(position_range, t)[None, :]
-        hist = tf.where(write, token[:, None], tf.gather(hist, rows))
-        hist_probs = tf.where(write, chosen_prob[:, None], tf.gather(hist_probs, rows))
-        new_seen = tf.equal(token_range[None, :], token[:, None])
-        seen = tf.logical_or(tf.gather(seen, rows), new_seen)
-        max_probs = tf.gather(max_probs, rows)
-        state = tf.nest.map_structure(lambda s: tf.gather(s, rows), new_state)
-        return (t + 1, token, state, live, seen, hist, hist_probs, max_probs,
-                cand, cand_hist, cand_hist_probs, cand_max_probs)
-
-    loop_vars = (
-        tf.constant(0, tf.int32), tokens0, state0, live0, seen0, hist0, hist_probs0,
-        max_probs0, cand0, cand_hist0, cand_hist_probs0, cand_max_probs0,
-    )
-    shape_invariants = (
-        tf.TensorShape([]),
-        tf.TensorShape([None]),
-        tf.nest.map_structure(lambda s: _loop_shape(s.shape), state0),
-        tf.TensorShape([None]),
-        tf.TensorShape([None, V]),
-        tf.TensorShape([None, L]),
-        tf.TensorShape([None, L]),
-        tf.TensorShape([None, V]),
-        tf.TensorShape([None, K]),
-        tf.TensorShape([None, K, L]),
-        tf.TensorShape([None, K, L]),
-        tf.TensorShape([None, K, V]),
-    )
-    final = tf.while_loop(
-        cond, body, loop_vars, shape_invariants=shape_invariants, maximum_iterations=L + 1
-    )
+    K, V, L, min_len = _checked_sizes(beam_size, num_tokens, max_length, end_id,
+                                      forbidden_ids, min_length)
+    search = _Search(step_fn, batch_size, K, V, L, end_id, forbidden_ids, no_repeat, min_len)
+    loop_vars, shape_invariants = search.initial(initial_state, start_id)
+    final = tf.while_loop(search.cond, search.body, loop_vars,
+                          shape_invariants=shape_invariants, maximum_iterations=L + 1)
     cand, cand_hist, cand_hist_probs, cand_max_probs = final[-4:]
 
     best_tokens = cand_hist[:, 0]
@@ -278,3 +159,145 @@ def beam_search(
         "beam_tokens": cand_hist,
         "beam_log_probs": cand,
     }
+
+
+def _checked_sizes(beam_size, num_tokens, max_length, end_id, forbidden_ids, min_length):
+    """(K, V, L, min_len) after the argument checks of :func:`beam_search`."""
+    K, V, L = int(beam_size), int(num_tokens), int(max_length)
+    if K < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if L < 0:
+        raise ValueError(f"max_length must be >= 0, got {max_length}")
+    if not 0 <= end_id < V:
+        raise ValueError(f"end_id {end_id} is outside [0, {V})")
+    if end_id in set(int(i) for i in forbidden_ids):
+        raise ValueError("end_id must not be forbidden: every path has to end")
+    if int(min_length) < 0:
+        raise ValueError(f"min_length must be >= 0, got {min_length}")
+    return K, V, L, min(int(min_length), L)
+
+
+class _Search:
+    """The loop of :func:`beam_search`: its constants, its loop variables and one step.
+
+    Loop variables: (t, tokens, state, live, seen, hist, hist_probs, max_probs, cand,
+    cand_hist, cand_hist_probs, cand_max_probs); live paths are folded as [batch*beam],
+    candidates (finished paths, best first) are [batch, beam].
+    """
+
+    def __init__(self, step_fn, batch_size, K, V, L, end_id, forbidden_ids, no_repeat, min_len):
+        self.step_fn, self.K, self.V, self.L = step_fn, K, V, L
+        self.end_id, self.no_repeat, self.min_len = end_id, no_repeat, min_len
+        self.B = tf.convert_to_tensor(batch_size, tf.int32)
+        self.N = self.B * K
+        self.W = min(K, V)  # extensions per live path: its top N allowed tokens
+        self.neg_inf = tf.constant(-np.inf, tf.float32)
+        forbidden = sorted(set(int(i) for i in forbidden_ids))
+        self.forbidden_mask = tf.constant(np.isin(np.arange(V), forbidden))  # [V]
+        self.is_end = tf.constant(np.arange(V) == end_id)  # [V]
+        self.token_range = tf.range(V, dtype=tf.int32)
+        self.position_range = tf.range(L, dtype=tf.int32)
+        # Row offset of each item's first live slot in the folded [batch*beam] layout.
+        self.item_offset = tf.range(self.B, dtype=tf.int32)[:, None] * K  # [B, 1]
+
+    def initial(self, initial_state, start_id):
+        """(loop variables, shape invariants) before the first step."""
+        B, K, V, L, N = self.B, self.K, self.V, self.L, self.N
+        state0 = tf.nest.map_structure(
+            lambda x: tf.repeat(tf.convert_to_tensor(x), K, axis=0), initial_state
+        )
+        first_slot = tf.constant([0.0] + [-np.inf] * (K - 1), tf.float32)
+        loop_vars = (
+            tf.constant(0, tf.int32),
+            tf.fill([N], tf.constant(start_id, tf.int32)),  # tokens
+            state0,
+            tf.reshape(tf.tile(first_slot[None, :], [B, 1]), [N]),  # live; -inf: no path
+            tf.zeros([N, V], tf.bool),  # seen
+            tf.fill([N, L], tf.constant(-1, tf.int32)),  # hist
+            tf.zeros([N, L], tf.float32),  # hist_probs
+            tf.zeros([N, V], tf.float32),  # max_probs
+            tf.fill([B, K], self.neg_inf),  # cand
+            tf.fill([B, K, L], tf.constant(-1, tf.int32)),  # cand_hist
+            tf.zeros([B, K, L], tf.float32),  # cand_hist_probs
+            tf.zeros([B, K, V], tf.float32),  # cand_max_probs
+        )
+        shape_invariants = (
+            tf.TensorShape([]), tf.TensorShape([None]),
+            tf.nest.map_structure(lambda s: _loop_shape(s.shape), state0),
+            tf.TensorShape([None]), tf.TensorShape([None, V]), tf.TensorShape([None, L]),
+            tf.TensorShape([None, L]), tf.TensorShape([None, V]), tf.TensorShape([None, K]),
+            tf.TensorShape([None, K, L]), tf.TensorShape([None, K, L]),
+            tf.TensorShape([None, K, V]),
+        )
+        return loop_vars, shape_invariants
+
+    def going_on(self, live, cand):
+        """[B]: some live path of the item beats its best candidate (step 1)."""
+        return tf.reduce_max(tf.reshape(live, [self.B, self.K]), axis=1) > cand[:, 0]
+
+    def cond(self, t, tokens, state, live, seen, hist, hist_probs, max_probs,
+             cand, cand_hist, cand_hist_probs, cand_max_probs):
+        return tf.logical_and(t <= self.L, tf.reduce_any(self.going_on(live, cand)))
+
+    def _masked_log_probs(self, t, logits, seen):
+        """(log-probabilities with the masked tokens at MASK_VALUE before the softmax, mask)."""
+        logits = tf.cast(logits, tf.float32)
+        mask = tf.broadcast_to(self.forbidden_mask[None, :], tf.shape(logits))
+        if self.no_repeat:
+            mask = tf.logical_or(mask, seen)
+        if self.min_len > 0:
+            mask = tf.logical_or(mask, tf.logical_and(self.is_end[None, :], t < self.min_len))
+        masked = tf.where(mask, tf.constant(MASK_VALUE, tf.float32), logits)
+        return tf.nn.log_softmax(masked), mask
+
+    def _merge(self, pick, empty, old, new):
+        """Candidates ``old`` [B, K, ...] and the live paths' ``new`` [N, ...], as ``pick``s."""
+        B, K = self.B, self.K
+        both = tf.concat([old, tf.reshape(new, tf.concat([[B, K], tf.shape(new)[1:]], 0))], 1)
+        return tf.where(empty, tf.zeros_like(old), tf.gather(both, pick, batch_dims=1))
+
+    def body(self, t, tokens, state, live, seen, hist, hist_probs, max_probs,
+             cand, cand_hist, cand_hist_probs, cand_max_probs):
+        B, K, L, N, W, neg_inf = self.B, self.K, self.L, self.N, self.W, self.neg_inf
+        # 1. A done item drops its live paths, so its candidates stay as they are.
+        live = tf.where(tf.repeat(self.going_on(live, cand), K), live, neg_inf)
+
+        logits, new_state = self.step_fn(tokens, state)
+        log_probs, mask = self._masked_log_probs(t, logits, seen)
+        max_probs = tf.maximum(max_probs, tf.exp(log_probs))  # this step included, END too
+
+        # 2. Each live path's N most probable allowed tokens (only END at max_length).
+        allowed = tf.logical_and(tf.logical_not(mask),
+                                 tf.logical_or(t < L, self.is_end[None, :]))
+        top_lp, top_tok = tf.math.top_k(tf.where(allowed, log_probs, neg_inf), k=W)
+        ext = live[:, None] + top_lp  # [N, W]; -inf: no extension
+        ext_is_end = tf.equal(top_tok, self.end_id)
+
+        # 3. Extensions by END join the candidates (at most one per live path).
+        end_score = tf.reduce_max(tf.where(ext_is_end, ext, neg_inf), axis=1)  # [N]
+        pool = tf.concat([cand, tf.reshape(end_score, [B, K])], axis=1)  # old ones first
+        cand, pick = tf.math.top_k(pool, k=K)
+        empty = tf.math.is_inf(cand)[:, :, None]
+        cand_hist = tf.where(empty, tf.constant(-1, tf.int32),
+                             self._merge(pick, empty, cand_hist, hist))
+        cand_hist_probs = self._merge(pick, empty, cand_hist_probs, hist_probs)
+        cand_max_probs = self._merge(pick, empty, cand_max_probs, max_probs)
+
+        # 4. The next live paths: the N best extensions by a label.
+        label_ext = tf.reshape(tf.where(ext_is_end, neg_inf, ext), [B, K * W])
+        new_live, flat_idx = tf.math.top_k(label_ext, k=K)
+        rows = tf.reshape(flat_idx // W + self.item_offset, [N])  # parent row of each slot
+        picked = tf.reshape(flat_idx + self.item_offset * W, [N])  # index into [N*W]
+        token = tf.gather(tf.reshape(top_tok, [N * W]), picked)
+        chosen_prob = tf.exp(tf.gather(tf.reshape(top_lp, [N * W]), picked))
+        live = tf.reshape(new_live, [N])
+
+        write = tf.equal(self.position_range, t)[None, :]
+        hist = tf.where(write, token[:, None], tf.gather(hist, rows))
+        hist_probs = tf.where(write, chosen_prob[:, None], tf.gather(hist_probs, rows))
+        new_seen = tf.equal(self.token_range[None, :], token[:, None])
+        seen = tf.logical_or(tf.gather(seen, rows), new_seen)
+        max_probs = tf.gather(max_probs, rows)
+        state = tf.nest.map_structure(lambda s: tf.gather(s, rows), new_state)
+        return (t + 1, token, state, live, seen, hist, hist_probs, max_probs,
+                cand, cand_hist, cand_hist_probs, cand_max_probs)
