@@ -253,7 +253,6 @@ def make_dataset(
             image_size, vocab.labels,
             label_rank(vocab, label_order, seed) if rank is None else rank,
             max_labels=max_labels)
-    num_labels = preprocessor.num_labels
     spec = schema.feature_spec(require_labels=True)
 
     def parse(serialized):
@@ -262,35 +261,14 @@ def make_dataset(
         labels = tf.sparse.to_dense(ex[schema.LABELS_KEY], default_value="")
         return image, preprocessor.label_ids(labels), ex[schema.ID_KEY]
 
-    if len(files) > 1 and mode != "eval":
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        if training:
-            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.interleave(
-            lambda f: tf.data.TFRecordDataset(f, compression_type=schema.COMPRESSION),
-            cycle_length=min(len(files), 8), block_length=16,
-            num_parallel_calls=min(len(files), 8), deterministic=True)
-    else:  # file order: one shard after the other
-        ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION,
-                                     buffer_size=1 << 20)
-    if shard is not None:
-        ds = ds.shard(*shard)
+    ds = _records(files, interleave=mode != "eval", training=training, seed=seed, shard=shard)
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
     augmentation = augment if isinstance(augment, Augmentation) else Augmentation(color=bool(augment))
     augmenting = augmentation.active and training
     if encoder is not None and augmenting:
         raise ValueError("make_dataset: encoder (precomputed features) and augment exclude "
                          "each other")
-    cache_file = cache if isinstance(cache, str) and cache not in ("memory", "none") else None
-    if encoder is not None:  # images -> features, now, on the strategy's devices
-        from cnnrnn_tf.inputs.features import compute_features
-
-        ds = compute_features(ds, encoder, encode_batch_size or batch_size,
-                              cache_file=cache_file)
-    elif cache_file is not None:
-        ds = ds.cache(cache_file)
-    elif cache is True or cache == "memory":
-        ds = ds.cache()
+    ds = _cached(ds, cache, encoder, encode_batch_size or batch_size)
     if training:
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -300,22 +278,8 @@ def make_dataset(
             seed=seed, rerandomize_each_iteration=True).batch(2)))
         ds = ds.map(lambda example, aug_seed: (*example, aug_seed))
 
-    pixels_key = "images" if encoder is None else "features"
-
-    def to_model_inputs(image, ids, image_id, aug_seed=None):
-        if encoder is None:
-            image = tf.cast(image, tf.float32)
-        if aug_seed is not None:
-            image = augment_image(image, seed=aug_seed, augmentation=augmentation)
-        y = tf.ensure_shape(preprocessor.multi_hot(ids), [num_labels])
-        if mode == "sequence":
-            inputs, targets = preprocessor.sequence(ids)
-            return {pixels_key: image, "label_inputs": inputs, "label_set": y}, targets
-        features = {pixels_key: image}
-        if with_ids:
-            features["id"] = image_id
-        return features, y
-
+    to_model_inputs = _model_inputs(preprocessor, mode, with_ids, augmentation,
+                                    features=encoder is not None)
     ds = ds.map(to_model_inputs, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if num_workers > 1:
@@ -328,3 +292,57 @@ def make_dataset(
         ds = ds.with_options(options)
     return _without_autotune_thread(ds.prefetch(AUTOTUNE))
 
+
+def _records(files, *, interleave: bool, training: bool, seed: int, shard) -> tf.data.Dataset:
+    """The serialized records of ``files``: interleaved across shards (the file order
+    shuffled in training), or one shard after the other; only ``shard`` = (n, i)'s share."""
+    if len(files) > 1 and interleave:
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if training:
+            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.interleave(
+            lambda f: tf.data.TFRecordDataset(f, compression_type=schema.COMPRESSION),
+            cycle_length=min(len(files), 8), block_length=16,
+            num_parallel_calls=min(len(files), 8), deterministic=True)
+    else:  # file order: one shard after the other
+        ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION,
+                                     buffer_size=1 << 20)
+    return ds.shard(*shard) if shard is not None else ds
+
+
+def _cached(ds: tf.data.Dataset, cache, encoder, encode_batch_size: int) -> tf.data.Dataset:
+    """The decoded examples cached as ``cache`` says; with a frozen ``encoder``, its features
+    computed now, on the strategy's devices, in their place."""
+    cache_file = cache if isinstance(cache, str) and cache not in ("memory", "none") else None
+    if encoder is not None:
+        from cnnrnn_tf.inputs.features import compute_features
+
+        return compute_features(ds, encoder, encode_batch_size, cache_file=cache_file)
+    if cache_file is not None:
+        return ds.cache(cache_file)
+    if cache is True or cache == "memory":
+        return ds.cache()
+    return ds
+
+
+def _model_inputs(preprocessor, mode: str, with_ids: bool, augmentation, *, features: bool):
+    """The map from a decoded example (image, label ids, id[, augmentation seed]) to the
+    model's (inputs, targets) in ``mode``."""
+    pixels_key = "features" if features else "images"
+    num_labels = preprocessor.num_labels
+
+    def to_model_inputs(image, ids, image_id, aug_seed=None):
+        if not features:
+            image = tf.cast(image, tf.float32)
+        if aug_seed is not None:
+            image = augment_image(image, seed=aug_seed, augmentation=augmentation)
+        y = tf.ensure_shape(preprocessor.multi_hot(ids), [num_labels])
+        if mode == "sequence":
+            inputs, targets = preprocessor.sequence(ids)
+            return {pixels_key: image, "label_inputs": inputs, "label_set": y}, targets
+        out = {pixels_key: image}
+        if with_ids:
+            out["id"] = image_id
+        return out, y
+
+    return to_model_inputs
