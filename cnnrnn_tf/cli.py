@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from cnnrnn_tf import progress
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.pipeline_flags import add_compile_flags, add_submit_parser
 
 
 # Argument types and the parser class live in cnnrnn_tf.cli_args (shared with
@@ -260,6 +261,10 @@ def cmd_pipeline_run(args) -> int:
 
 def cmd_pipeline_compile(args) -> int:
     return _pipeline_module().compile_command(args)
+
+
+def cmd_pipeline_submit(args) -> int:
+    return _pipeline_module().submit_command(args)
 
 
 def cmd_main_job(args) -> int:
@@ -579,7 +584,8 @@ def build_parser() -> Parser:
     p.add_argument("--runner", choices=("kubeflow-v2",), required=True,
                    help="the orchestrator to compile for")
     p.add_argument("--image", required=True, help="container image with this package installed")
-    p.add_argument("--output", required=True, help="the pipeline definition JSON to write")
+    p.add_argument("--output", required=True,
+                   help="the file to write: .yaml (kfp) or .json (vertex)")
     p.add_argument("--pipeline-root", required=True, help="gs:// or s3:// URI")
     p.add_argument("--data", required=True,
                    help=data_help.format(where="gs:// or s3://; the data_root runtime parameter"))
@@ -588,12 +594,13 @@ def build_parser() -> Parser:
     p.add_argument("--model-name", default="cnnrnn",
                    help="the served model's name (SERVING_DIR/MODEL_NAME/VERSION)")
     p.add_argument("--gpus", type=non_negative_int, default=0,
-                   help="GPUs the Trainer requests")
+                   help="GPUs the Trainer requests (shorthand for --resources Trainer=gpu:N)")
     p.add_argument("--gpu-type", default=None,
-                   help="accelerator name (default nvidia.com/gpu; Vertex: e.g. NVIDIA_TESLA_T4)")
+                   help="accelerator name (default nvidia.com/gpu on kfp, NVIDIA_TESLA_T4 on vertex)")
     p.add_argument("--train-config", default=None, metavar="FILE", help="a TrainConfig JSON")
     p.add_argument("--schema", default=None, metavar="URI",
-                   help="a curated schema.pbtxt (default: derived from the data's training labels)")
+                   help="a curated schema.pbtxt the workers read (default: the label domain is "
+                        "derived from the train split when the pipeline runs)")
     p.add_argument("--train-steps", type=positive_int, default=None,
                    help="default of the train_args runtime parameter")
     p.add_argument("--min-of1", type=unit_interval, default=0.1,
@@ -602,7 +609,9 @@ def build_parser() -> Parser:
                    help="add TFX's InfraValidator before the Pusher; off by default")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="a Beam pipeline argument for the Beam-based components")
+    add_compile_flags(p)
     p.set_defaults(func=cmd_pipeline_compile)
+    add_submit_parser(psub, cmd_pipeline_submit)
 
     from cnnrnn_tf.serving.commands import add_serving_commands
 
