@@ -47,17 +47,21 @@ def add_submit_parser(psub, func) -> None:
     kfp.add_argument("--host", default=None, metavar="URL",
                      help="the KFP API endpoint (default $KF_PIPELINES_ENDPOINT); the token "
                           "comes from kfp's usual places")
-    kfp.add_argument("--namespace", default=None, metavar="NS")
-    kfp.add_argument("--experiment", default=None, metavar="NAME", help="default: Default")
-    kfp.add_argument("--run-name", default=None, metavar="NAME")
+    kfp.add_argument("--namespace", default=None, metavar="NS",
+                     help="the Kubernetes namespace of a multi-user KFP")
+    kfp.add_argument("--experiment", default=None, metavar="NAME",
+                     help="the experiment to add the run to (default: Default)")
+    kfp.add_argument("--run-name", default=None, metavar="NAME",
+                     help="the run's name (default: FILE's name)")
     kfp.add_argument("--pipeline-root", default=None, metavar="URI",
                      help="default: the package's defaultPipelineRoot")
     kfp.add_argument("--secret-env", action="append", default=[], metavar="NAME=SECRET:KEY",
                      help="as compile --secret-env, added to the package before it is sent")
     vertex = p.add_argument_group("vertex")
-    vertex.add_argument("--project", default=None, metavar="P")
-    vertex.add_argument("--region", default=None, metavar="R")
-    vertex.add_argument("--labels", default=None, metavar="K=V,...")
+    vertex.add_argument("--project", default=None, metavar="P", help="the Google Cloud project")
+    vertex.add_argument("--region", default=None, metavar="R", help="e.g. us-central1")
+    vertex.add_argument("--labels", default=None, metavar="K=V,...",
+                        help="labels of the PipelineJob")
     vertex.add_argument("--network", default=None, metavar="N",
                         help="the VPC network to peer (projects/NUMBER/global/networks/NAME)")
     p.set_defaults(func=func)

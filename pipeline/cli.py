@@ -217,6 +217,12 @@ def compile_command(args) -> int:
     gpus = int(getattr(args, "gpus", 0) or 0)
     resources = parse_resources(getattr(args, "resources", None) or [], gpus,
                                 getattr(args, "gpu_type", None))
+    from cnnrnn_tf.pipeline_flags import STEPS
+
+    for step in resources:  # (the compiled pipeline checks again: the steps it has)
+        if step not in STEPS:
+            raise InputError(f"--resources {step}=...: no step {step} in this pipeline "
+                             f"(steps: {', '.join(STEPS)})")
     secret_env = parse_secret_env(getattr(args, "secret_env", None) or [])
     if secret_env and platform != "kfp":
         raise InputError("--secret-env: KFP only (Vertex AI pipelines take no Kubernetes "

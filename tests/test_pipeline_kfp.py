@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -103,12 +104,8 @@ def test_no_resolver_or_custom_job_executor(package):
 
 
 def _run_cli(args, capfd, cwd=None):
-    old = os.getcwd()
-    os.chdir(cwd or old)
-    try:
+    with _cwd(cwd or os.getcwd()):
         code = main(args)
-    finally:
-        os.chdir(old)
     out, err = capfd.readouterr()
     return code, out, err
 
@@ -302,3 +299,71 @@ def test_resource_values():
     assert steps["Trainer"].to_ir("nvidia.com/gpu") == {
         "cpuLimit": 8, "memoryLimit": 32, "accelerator": {"type": "NVIDIA_L4", "count": "2"}}
     assert steps["Pusher"].to_ir("x") == {"cpuLimit": 1}
+
+
+
+def _readme_block():
+    """The README's Kubeflow / Vertex block: its commands (continuations joined) and its two
+    Python snippets (comment lines indented by three spaces), kfp's first."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    block = text.split("<!-- submit-lines", 1)[1].split("```", 2)[1]
+    commands, snippets = [], []
+    for line in block.replace("\\\n", " ").splitlines():
+        if line.startswith("cnnrnn "):
+            commands.append(line.split()[1:])
+        elif line.startswith("# the same from Python"):
+            snippets.append("")
+        elif line.startswith("#   "):
+            snippets[-1] += line[4:].strip()
+    return commands, snippets
+
+
+@contextmanager
+def _cwd(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def test_readmes_submit_lines_work(tmp_path, kfp_server, capfd):
+    commands, (kfp_snippet, vertex_snippet) = _readme_block()
+    assert [c[:2] for c in commands] == [["pipeline", "compile"], ["pipeline", "submit"]] * 2
+    for args in commands:
+        if args[1] == "submit":
+            args = [a.replace("http://localhost:8080", kfp_server) for a in args]
+            if "--project" in args:
+                args.append("--dry-run")  # no Vertex AI here: what would be sent
+        code, out, err = _run_cli(args, capfd, cwd=tmp_path)
+        assert code == 0, (args, err)
+    (run,) = FakeKFP.runs
+    assert run["runtime_config"] == {"parameters": {"data_root": "s3://B/other-data"},
+                                     "pipeline_root": "s3://B/root"}
+    assert "secretAsEnv" in json.dumps(run["pipeline_spec"]["platform_spec"])
+    assert json.loads(out)["job"]["runtimeConfig"]["parameters"]["data_root"] == {
+        "stringValue": "gs://B/other-data"}
+
+    # kfp's create_run_from_pipeline_package takes pipeline.yaml as it is ...
+    import kfp
+
+    with _cwd(tmp_path):
+        exec(kfp_snippet.replace("http://localhost:8080", kfp_server), {"kfp": kfp})
+    assert len(FakeKFP.runs) == 2
+    assert FakeKFP.runs[1]["runtime_config"]["parameters"] == {"data_root": "s3://B/other-data"}
+    # ... and aiplatform's PipelineJob loads pipeline.json with the README's arguments.
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform
+
+    assert vertex_snippet.startswith("aiplatform.PipelineJob(")
+    call = vertex_snippet.rsplit(".submit()", 1)[0][:-1] + (
+        ", project='p', location='us-central1', credentials=credentials)")
+    with _cwd(tmp_path):
+        job = eval(call, {"aiplatform": aiplatform, "credentials": AnonymousCredentials()})
+    from google.protobuf import json_format
+
+    body = json_format.MessageToDict(job._gca_resource._pb)
+    assert body["displayName"] == "cnnrnn"
+    assert body["runtimeConfig"]["parameters"]["data_root"] == {"stringValue": "gs://B/other-data"}
