@@ -38,7 +38,6 @@ from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 from cnnrnn_pipeline.pipeline import (create_pipeline, eval_config, proto_json,
                                       push_destination, train_args)
 
-DEFAULT_GPU_TYPE = "nvidia.com/gpu"
 PARAMETERS = ("data_root", "push_destination", "train_args", "eval_config")
 
 
@@ -51,13 +50,6 @@ def runtime_parameter_values(data_root: str, serving_dir: str, model_name: str,
         "train_args": proto_json(train_args(train_steps)),
         "eval_config": proto_json(eval_config(min_of1)),
     }
-
-
-def trainer_resources(gpus: int, gpu_type: str = DEFAULT_GPU_TYPE):
-    from kfp.pipeline_spec import pipeline_spec_pb2
-
-    spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
-    return spec(accelerator=spec.AcceleratorConfig(type=gpu_type, count=int(gpus)))
 
 
 def compile_pipeline(output_file: str, image: str, *, pipeline_name: str, pipeline_root: str,

@@ -367,3 +367,38 @@ def test_readmes_submit_lines_work(tmp_path, kfp_server, capfd):
     body = json_format.MessageToDict(job._gca_resource._pb)
     assert body["displayName"] == "cnnrnn"
     assert body["runtimeConfig"]["parameters"]["data_root"] == {"stringValue": "gs://B/other-data"}
+
+
+def test_curated_schema_gen_takes_the_labels_from_statistics_else_from_the_records(tmp_path):
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+    from tfx.types import artifact_utils, standard_artifacts
+
+    from cnnrnn_pipeline.schema_gen import labels_from_records, labels_from_statistics
+    from cnnrnn_tf import schema
+    from tests.conftest import synthetic_records
+
+    stats = standard_artifacts.ExampleStatistics()
+    stats.uri = str(tmp_path / "stats")
+    stats.split_names = artifact_utils.encode_split_names(["train"])
+
+    def write(unique, labels):
+        lists = statistics_pb2.DatasetFeatureStatisticsList()
+        feature = lists.datasets.add(num_examples=4).features.add()
+        feature.path.step.append(schema.LABELS_KEY)
+        feature.string_stats.unique = unique
+        for label in labels:
+            feature.string_stats.rank_histogram.buckets.add(label=label, sample_count=1)
+        os.makedirs(tmp_path / "stats" / "Split-train", exist_ok=True)
+        (tmp_path / "stats" / "Split-train" / "FeatureStats.pb").write_bytes(
+            lists.SerializeToString())
+
+    write(2, ["red", "blue"])
+    assert labels_from_statistics(stats) == ["blue", "red"]
+    write(3, ["red", "blue"])  # more labels than the histogram lists: read the records
+    assert labels_from_statistics(stats) is None
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    examples.split_names = artifact_utils.encode_split_names(["train"])
+    records = synthetic_records(12, seed=1)
+    schema.write_records(str(tmp_path / "examples" / "Split-train"), records)
+    assert labels_from_records(examples) == sorted({l for r in records for l in r.labels})
