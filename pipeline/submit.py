@@ -272,6 +272,12 @@ def submit_vertex(package: Package, args, params: Dict[str, str]) -> int:
                 enable_caching=False if args.no_cache else None, labels=labels or None,
                 project=args.project, location=args.region, credentials=credentials)
         except Exception as exc:  # noqa: BLE001 - a refused template: one line
+            from google.auth.exceptions import DefaultCredentialsError
+
+            if isinstance(exc, DefaultCredentialsError):
+                raise InputError("vertex: no Google credentials (gcloud auth application-default "
+                                 "login, or GOOGLE_APPLICATION_CREDENTIALS); nothing was "
+                                 "submitted") from None
             raise InputError(f"{package.path}: aiplatform refuses it ({_one_line(exc)})") from None
         if args.dry_run:
             from google.protobuf import json_format
