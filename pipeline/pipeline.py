@@ -1,7 +1,8 @@
 """``create_pipeline``: the TFX pipeline as a pure function of its arguments.
 
-    ImportExampleGen (train / eval / test) -> StatisticsGen -> CuratedSchemaGen (train labels)
-                                                          -> ExampleValidator <-'
+    ImportExampleGen (train / eval / test) -> StatisticsGen -> CuratedSchemaGen (train's labels)
+                                              |                   |
+                                         ExampleValidator <-------'
                                               |
                                          AnomalyGate (raises on anomalies)
                                               |
