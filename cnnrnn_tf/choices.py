@@ -16,3 +16,9 @@ THRESHOLD_METRICS = ("OF1", "CF1")
 # training set (frequent-first is the paper's), random per batch, or aligned to the model's
 # own predictions (PLA / MLA, cnnrnn_tf.models.label_alignment).
 LABEL_ORDERS = ("frequent-first", "rare-first", "random", "pla", "mla")
+# The pipeline's step names (node ids) that `pipeline compile --resources` accepts; the
+# compiled pipeline is the authority: a name that is not one of its steps is refused.
+PIPELINE_STEPS = ("ImportExampleGen", "StatisticsGen", "CuratedSchemaGen", "ImportSchemaGen",
+                  "ExampleValidator", "AnomalyGate", "Transform", "Tuner", "Trainer",
+                  "Evaluator", "TestEvaluator", "InfraValidator", "Pusher")
+PIPELINE_PLATFORMS = ("kfp", "vertex")

@@ -31,9 +31,10 @@ def detect_layout(data: str):
     return layout
 
 
-def check_paths(**flags: Optional[str]) -> Dict[str, str]:
+def check_paths(load: bool = True, **flags: Optional[str]) -> Dict[str, str]:
     """``{flag: path}`` made absolute (URIs unchanged); InputError for an empty one or an
-    unknown scheme. Loads the file system of every scheme used (tensorflow-io for s3://)."""
+    unknown scheme. ``load``: also load the file system of every scheme used
+    (tensorflow-io for s3://); compiling, which touches no storage, skips that."""
     out = {}
     for flag, path in flags.items():
         name = "--" + flag.replace("_", "-")
@@ -43,7 +44,8 @@ def check_paths(**flags: Optional[str]) -> Dict[str, str]:
             out[flag] = uri.absolute(path)
         except InputError as exc:
             raise InputError(f"{name} {exc}") from None
-    uri.ensure_filesystems(*out.values())
+    if load:
+        uri.ensure_filesystems(*out.values())
     return out
 
 
@@ -191,6 +193,7 @@ def run_command(args) -> int:
 
 
 def compile_command(args) -> int:
+    """Compiles offline: reads no data, bucket or schema, and needs no credentials."""
     if args.runner != "kubeflow-v2":
         raise InputError(f"--runner {args.runner!r}: only kubeflow-v2 is supported")
     if not args.image:
@@ -202,37 +205,53 @@ def compile_command(args) -> int:
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise InputError(f"--output {args.output}: folder {folder} does not exist")
-    paths = check_paths(data=getattr(args, "data", None),
+    from cnnrnn_pipeline.kfp_compile import parse_secret_env, platform_for_output
+    from cnnrnn_pipeline.resources import parse_resources
+
+    platform = platform_for_output(args.output, getattr(args, "platform", None))
+    gpus = int(getattr(args, "gpus", 0) or 0)
+    resources = parse_resources(getattr(args, "resources", None) or [], gpus,
+                                getattr(args, "gpu_type", None))
+    from cnnrnn_tf.choices import PIPELINE_STEPS as STEPS
+
+    for step in resources:  # (the compiled pipeline checks again: the steps it has)
+        if step not in STEPS:
+            raise InputError(f"--resources {step}=...: no step {step} in this pipeline "
+                             f"(steps: {', '.join(STEPS)})")
+    secret_env = parse_secret_env(getattr(args, "secret_env", None) or [])
+    if secret_env and platform != "kfp":
+        raise InputError("--secret-env: KFP only (Vertex AI pipelines take no Kubernetes "
+                         "secrets; give the service account access instead)")
+    paths = check_paths(False, data=getattr(args, "data", None),
                         pipeline_root=getattr(args, "pipeline_root", None),
                         serving_dir=getattr(args, "serving_dir", None))
-    for flag, path in paths.items():
+    schema = getattr(args, "schema", None)
+    if schema:
+        schema = check_paths(False, schema=schema)["schema"]
+    for flag, path in dict(paths, **({"schema": schema} if schema else {})).items():
         if not uri.is_remote(path):
             print(f"warning: --{flag.replace('_', '-')} {path} is a local path; the pipeline's "
                   "workers must be able to read it (use gs:// or s3://)", file=sys.stderr)
     model_name = _model_name(args)
     config = train_config_from_args(args)
-    gpus = int(getattr(args, "gpus", 0) or 0)
-    check_bucket(paths["pipeline_root"], "pipeline-root")
-    layout = detect_layout(paths["data"])
-    from cnnrnn_pipeline.curated_schema import copy_schema, write_schema
-    from cnnrnn_pipeline.example_gen import training_folder
-    from cnnrnn_pipeline.kubeflow_v2_runner import DEFAULT_GPU_TYPE, compile_pipeline
+    from cnnrnn_pipeline.kubeflow_v2_runner import compile_pipeline
 
-    # The label domain comes from the user's data (or --schema), written next to the
-    # pipeline's artifacts where every worker can read it.
-    if getattr(args, "schema", None):
-        uri.ensure_filesystem(args.schema)
-        schema_path = copy_schema(args.schema, paths["pipeline_root"])
-    else:
-        schema_path = write_schema(training_folder(paths["data"], layout), paths["pipeline_root"])
     compile_pipeline(args.output, args.image, pipeline_name=PIPELINE_NAME,
                      pipeline_root=paths["pipeline_root"], data_root=paths["data"],
-                     serving_dir=paths["serving_dir"], schema_path=schema_path,
+                     serving_dir=paths["serving_dir"], schema_path=schema,
                      model_name=model_name, train_config=config.to_dict(),
                      train_steps=getattr(args, "train_steps", None),
-                     min_of1=getattr(args, "min_of1", DEFAULT_MIN_OF1), gpus=gpus,
-                     gpu_type=getattr(args, "gpu_type", None) or DEFAULT_GPU_TYPE,
+                     min_of1=getattr(args, "min_of1", DEFAULT_MIN_OF1),
                      infra_validator=getattr(args, "infra_validator", None),
-                     beam_pipeline_args=list(getattr(args, "beam_arg", None) or []))
-    print(f"wrote {args.output} (schema {schema_path})")
+                     beam_pipeline_args=list(getattr(args, "beam_arg", None) or []),
+                     platform=platform, resources=resources, secret_env=secret_env)
+    print(f"wrote {args.output} ({platform}; the label domain is derived from the train "
+          f"split when the pipeline runs)" if not schema else
+          f"wrote {args.output} ({platform}; schema {schema})")
     return 0
+
+
+def submit_command(args) -> int:
+    from cnnrnn_pipeline.submit import submit_command as submit
+
+    return submit(args)

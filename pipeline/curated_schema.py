@@ -11,18 +11,17 @@ default Fashion-outfits data):
   string domain ``labels``;
 * ``image/id``: bytes, optional, exactly one value when present.
 
-The label domain differs per data set, so :func:`write_schema` derives it from
-the labels of the *training* split at pipeline-creation time and writes the
-schema under the pipeline root, at a path named after its content (so that
-ImportSchemaGen, whose cache key is the path, re-runs when the labels change).
-A label that occurs in the eval or test split but not in the training split is then an
+The label domain differs per data set, so the pipeline derives it from the labels
+of the *training* split when it runs (:mod:`cnnrnn_pipeline.schema_gen`). A label
+that occurs in the eval or test split but not in the training split is then an
 ``ENUM_TYPE_UNEXPECTED_STRING_VALUES`` anomaly; a missing ``image/labels`` is a
-``FEATURE_TYPE_LOW_FRACTION_PRESENT`` anomaly. In hash-split mode (one folder)
-the domain comes from the whole folder.
+``FEATURE_TYPE_LOW_FRACTION_PRESENT`` anomaly.
 
-The pipeline root and the data may be URIs (``s3://``, ``gs://``): the schema is
-read and written through TFX's ``fileio``. :func:`copy_schema` imports a schema the
-user wrote (``--schema URI``) the same way, checked to parse as a Schema proto.
+:func:`copy_schema` imports a schema the user wrote (``--schema URI``, checked to
+parse as a Schema proto) under the pipeline root, at a path named after its content
+(so that ImportSchemaGen, whose cache key is the path, re-runs when it changes).
+Both may be URIs (``s3://``, ``gs://``): the schema is read and written through TFX's
+``fileio``.
 """
 from __future__ import annotations
 
@@ -38,7 +37,6 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from cnnrnn_tf import schema as tfexample_schema
 from cnnrnn_tf import uri
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.inputs.dataset import scan_labels
 
 LABEL_DOMAIN = "labels"
 SCHEMA_FILE = "schema.pbtxt"
@@ -71,19 +69,9 @@ def schema_text(label_names: Iterable[str]) -> str:
     return text_format.MessageToString(curated_schema(label_names))
 
 
-def write_schema(train_data, out_root: str) -> str:
-    """Writes the schema for the labels of ``train_data`` under ``out_root``; returns its path.
-
-    ``train_data``: a data folder, glob pattern or list of shards. The path is
-    ``out_root/schema/<content hash>/schema.pbtxt``; an existing file is reused.
-    """
-    stats = scan_labels(train_data, require_labels=False)  # TFDV reports missing labels
-    labels = sorted(stats.label_counts)
-    return _write_text(schema_text(labels), out_root)
-
-
 def copy_schema(source: str, out_root: str) -> str:
-    """Copies the user's schema (``--schema``) under ``out_root`` like :func:`write_schema`."""
+    """Copies the user's schema (``--schema``) to ``out_root/schema/<content hash>/``; returns
+    the copy's path."""
     try:
         with fileio.open(source, "r") as f:
             text = f.read()

@@ -31,8 +31,7 @@ from tfx import v1 as tfx
 from tfx.dsl.io import fileio
 
 from cnnrnn_tf import uri
-from cnnrnn_pipeline.curated_schema import copy_schema, write_schema
-from cnnrnn_pipeline.example_gen import detect_layout, training_folder
+from cnnrnn_pipeline.curated_schema import copy_schema
 from cnnrnn_pipeline.pipeline import create_pipeline
 
 METADATA_FILE = "metadata.sqlite"
@@ -68,12 +67,10 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, serving_dir: str
         split: Optional[str] = None, beam_pipeline_args: Optional[List[str]] = None,
         metadata_file: Optional[str] = None, schema_uri: Optional[str] = None,
         **pipeline_kwargs) -> None:
-    """Derives the curated schema from the training labels (or copies ``schema_uri``),
-    then runs the pipeline.
+    """Runs the pipeline (copying ``schema_uri`` under the root first, when given).
 
-    The data's layout (train/ val/ test/, train/ test/, or one folder of shards) is
-    detected here for the schema's label domain, and again by ExampleGen when it runs;
-    ``split`` is only kept for callers of <= 0.4.0 (see ``create_pipeline``).
+    ExampleGen detects the data's layout (train/ val/ test/, train/ test/, or one
+    folder of shards) when it runs; ``split`` is only checked (see ``create_pipeline``).
 
     ``metadata_file``: the local MLMD SQLite file (default :func:`metadata_path`;
     required when ``pipeline_root`` is a URI). Raises whatever the failing component
@@ -86,11 +83,9 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, serving_dir: str
     fileio.makedirs(pipeline_root)
     folder = os.path.dirname(os.path.abspath(metadata_file))
     os.makedirs(folder, exist_ok=True)
-    if schema_uri:
-        schema_path = copy_schema(schema_uri, pipeline_root)
-    else:
-        schema_path = write_schema(training_folder(data_root, detect_layout(data_root)),
-                                   pipeline_root)
+    # The label domain is derived from the train split when the pipeline runs
+    # (CuratedSchemaGen), unless the user gives a schema.
+    schema_path = copy_schema(schema_uri, pipeline_root) if schema_uri else None
     s3 = any(uri.scheme(p) == "s3" for p in (pipeline_root, data_root, serving_dir))
     pipeline = create_pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,

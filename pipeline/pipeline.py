@@ -1,6 +1,8 @@
 """``create_pipeline``: the TFX pipeline as a pure function of its arguments.
 
-    ImportExampleGen (train / eval / test) -> StatisticsGen -> ExampleValidator <- ImportSchemaGen
+    ImportExampleGen (train / eval / test) -> StatisticsGen -> CuratedSchemaGen (train's labels)
+                                              |                   |
+                                         ExampleValidator <-------'
                                               |
                                          AnomalyGate (raises on anomalies)
                                               |
@@ -17,9 +19,11 @@ validation and early stopping, the Evaluator's blessing), ``test`` only reports.
   ``eval`` and ``test``: ``train/ val/ test/`` folders as they are; ``train/ test/``
   with eval carved out of train by hash (said in one line); one folder hash-split
   8:1:1. The GZIP ``*.tfrecord.gz`` records are copied byte for byte.
-* The schema is imported, not inferred: see :mod:`cnnrnn_pipeline.curated_schema`.
-  StatisticsGen describes all three splits; ExampleValidator checks each of them
-  against the schema derived from the training labels.
+* The schema is curated, not inferred: see :mod:`cnnrnn_pipeline.curated_schema`.
+  StatisticsGen describes all three splits; CuratedSchemaGen derives the label
+  domain from the train split when the pipeline runs (:mod:`cnnrnn_pipeline.schema_gen`,
+  or ImportSchemaGen imports the user's ``schema_path``); ExampleValidator checks
+  each split against it.
 * ExampleValidator records anomalies; :class:`~cnnrnn_pipeline.components.AnomalyGate`
   turns them into a failed run before Transform and Trainer.
 * Transform computes only the frequency-ordered label vocabulary of ``train`` (no
@@ -54,9 +58,11 @@ from cnnrnn_tf import __version__, uri
 from cnnrnn_tf.serving.export import EVAL_SIGNATURES
 from cnnrnn_tf.tfx_module import TRAIN_CONFIG_KEY, VERSION_KEY
 from cnnrnn_pipeline.components import AnomalyGate, KubeflowInfraValidator
-from cnnrnn_pipeline.curated_schema import TEMPLATE
+from cnnrnn_pipeline.curated_schema import TEMPLATE  # noqa: F401 (re-exported)
 from cnnrnn_pipeline.example_gen import TEST_DIR, TRAIN_DIR, VAL_DIR  # noqa: F401 (re-exported)
 from cnnrnn_pipeline.example_gen import three_split_example_gen
+from cnnrnn_pipeline.schema_gen import NODE_ID as SCHEMA_NODE_ID
+from cnnrnn_pipeline.schema_gen import CuratedSchemaGen
 from cnnrnn_pipeline.tfma_metrics import metrics_config
 
 MODULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "module_file.py")
@@ -123,7 +129,7 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     metadata_connection_config=None,
     split: Optional[str] = None,
-    schema_path: str = TEMPLATE,
+    schema_path: Optional[str] = None,
     model_name: str = "cnnrnn",
     min_of1: Optional[float] = 0.0,
     min_map: Optional[float] = None,
@@ -147,8 +153,9 @@ def create_pipeline(
     :data:`SPLITS`: the layout of ``data_root`` (train/ val/ test/, train/ test/,
     or one folder) is detected when ExampleGen runs, so a compiled pipeline follows
     the data it is given.
-    ``schema_path``: the curated schema to import (default: the checked-in one for
-    the default data; ``curated_schema.write_schema`` derives one for other data).
+    ``schema_path``: a curated schema to import (ImportSchemaGen); None (default)
+    derives the label domain from the train split when the pipeline runs
+    (:class:`~cnnrnn_pipeline.schema_gen.CuratedSchemaGen`), so compiling reads no data.
     ``min_of1`` / ``min_map`` / ``max_of1_decrease``: the Evaluator's blessing
     thresholds (None switches one off).
     ``infra_validator``: None (default), ``"docker"`` or ``"kubernetes"``: adds TFX's
@@ -166,7 +173,12 @@ def create_pipeline(
     runtime_parameters = dict(runtime_parameters or {})
     example_gen = three_split_example_gen(data_root)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    if schema_path:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    else:
+        schema_gen = CuratedSchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                      examples=example_gen.outputs["examples"]).with_id(
+                                          SCHEMA_NODE_ID)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])

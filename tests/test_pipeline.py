@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 
 TINY_CONFIG = dict(image_size=32, epochs=1, batch_size=16, lstm_units=32, embed_dim=16)
 DIRECT = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
-UPSTREAM_OF_EVALUATOR = ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen",
+UPSTREAM_OF_EVALUATOR = ("ImportExampleGen", "StatisticsGen", "CuratedSchemaGen",
                          "ExampleValidator", "AnomalyGate", "Transform", "Trainer")
 ALL_NODES = UPSTREAM_OF_EVALUATOR + ("latest_blessed_model_resolver", "Evaluator",
                                      "TestEvaluator", "Pusher")

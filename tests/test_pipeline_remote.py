@@ -21,7 +21,7 @@ from tests.conftest import synthetic_records  # noqa: E402
 
 pytestmark = [pytest.mark.pipeline]
 
-ORDER = ["ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+ORDER = ["ImportExampleGen", "StatisticsGen", "CuratedSchemaGen", "ExampleValidator",
          "AnomalyGate", "Transform", "Trainer", "latest_blessed_model_resolver",
          "Evaluator", "TestEvaluator", "Pusher"]
 
@@ -69,9 +69,11 @@ def _task_order(spec):
     return order, tasks
 
 
-def test_kubeflow_compile_has_runtime_parameters_gpu_image_and_the_users_labels(tmp_path, s3):
+def test_kubeflow_compile_has_runtime_parameters_gpu_image_and_writes_nothing(tmp_path, s3):
     data = _upload_data(s3, tmp_path)
+    before = s3.keys(s3.bucket)
     spec, text = _compile(tmp_path, s3, data, gpus=1)
+    assert s3.keys(s3.bucket) == before  # compiling writes nothing to the bucket
     assert "BUCKET" not in text
     root = spec["pipelineSpec"]["root"]
     assert set(root["inputDefinitions"]["parameters"]) == {
@@ -100,18 +102,14 @@ def test_kubeflow_compile_has_runtime_parameters_gpu_image_and_the_users_labels(
         "runtimeValue": {"constantValue": {"stringValue": '["test"]'}}}
     trainer = executors["Trainer_executor"]["container"]
     assert trainer["image"] == "example.org/cnnrnn:test"
-    assert trainer["resources"]["accelerator"] == {"type": "nvidia.com/gpu", "count": "1"}
+    # pipeline.json is Vertex's PipelineJob: the GPU type is a Vertex accelerator name.
+    assert trainer["resources"]["accelerator"] == {"type": "NVIDIA_TESLA_T4", "count": "1"}
     assert all("accelerator" not in e.get("container", {}).get("resources", {})
                for name, e in executors.items() if name != "Trainer_executor")
 
-    # The label domain is the uploaded data's, written to the pipeline root in the bucket.
-    schema_param = tasks["ImportSchemaGen"]["inputs"]["parameters"]["schema_file"]
-    schema_uri = schema_param["runtimeValue"]["constantValue"]["stringValue"]
-    assert schema_uri.startswith(f"s3://{s3.bucket}/root/schema/")
-    with tf.io.gfile.GFile(schema_uri) as f:
-        written = f.read()
-    for label in ("red", "green", "blue", "bar"):
-        assert f'value: "{label}"' in written
+    # The label domain is derived from the train split when the pipeline runs.
+    assert "ImportSchemaGen" not in tasks
+    assert set(tasks["CuratedSchemaGen"]["inputs"]["artifacts"]) == {"statistics", "examples"}
     assert "InfraValidator" not in text
 
 
@@ -130,7 +128,7 @@ def test_kubeflow_compile_wires_the_infra_validator_when_asked(tmp_path, s3):
         "Trainer_executor"]["container"]
 
 
-def test_compile_with_a_schema_file_uses_its_label_domain(tmp_path, s3):
+def test_compile_with_a_schema_file_imports_it(tmp_path, s3):
     from cnnrnn_pipeline.curated_schema import schema_text
 
     data = _upload_data(s3, tmp_path)
@@ -139,11 +137,10 @@ def test_compile_with_a_schema_file_uses_its_label_domain(tmp_path, s3):
         f.write(schema_text(["cat", "dog"]))
     spec, _ = _compile(tmp_path, s3, data, schema=schema_uri)
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    # ImportSchemaGen reads the user's schema when the step runs; compiling does not.
     used = tasks["ImportSchemaGen"]["inputs"]["parameters"]["schema_file"][
         "runtimeValue"]["constantValue"]["stringValue"]
-    with tf.io.gfile.GFile(used) as f:
-        text = f.read()
-    assert '"cat"' in text and '"dog"' in text and '"red"' not in text
+    assert used == schema_uri and "CuratedSchemaGen" not in tasks
 
 
 def _anomalies_artifact(root, splits):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cnnrnn_tf.cli.args import Parser, _float_where, non_negative_int, positive_int
+from cnnrnn_tf.cli.pipeline_flags import add_compile_flags, add_submit_parser
 from cnnrnn_tf.cli.train import add_config_flags
 from cnnrnn_tf.errors import InputError
 
@@ -23,6 +24,10 @@ def cmd_pipeline_run(args) -> int:
 
 def cmd_pipeline_compile(args) -> int:
     return _pipeline_module().compile_command(args)
+
+
+def cmd_pipeline_submit(args) -> int:
+    return _pipeline_module().submit_command(args)
 
 
 def register(sub) -> None:
@@ -69,7 +74,8 @@ def register(sub) -> None:
     p.add_argument("--runner", choices=("kubeflow-v2",), required=True,
                    help="the orchestrator to compile for")
     p.add_argument("--image", required=True, help="container image with this package installed")
-    p.add_argument("--output", required=True, help="the pipeline definition JSON to write")
+    p.add_argument("--output", required=True,
+                   help="the file to write: .yaml (kfp) or .json (vertex)")
     p.add_argument("--pipeline-root", required=True, help="gs:// or s3:// URI")
     p.add_argument("--data", required=True,
                    help=data_help.format(where="gs:// or s3://; the data_root runtime parameter"))
@@ -78,14 +84,15 @@ def register(sub) -> None:
     p.add_argument("--model-name", default="cnnrnn",
                    help="the served model's name (SERVING_DIR/MODEL_NAME/VERSION)")
     p.add_argument("--gpus", type=non_negative_int, default=0,
-                   help="GPUs the Trainer requests")
+                   help="GPUs the Trainer requests (shorthand for --resources Trainer=gpu:N)")
     p.add_argument("--gpu-type", default=None,
-                   help="accelerator name (default nvidia.com/gpu; Vertex: e.g. NVIDIA_TESLA_T4)")
+                   help="accelerator name (default nvidia.com/gpu on kfp, NVIDIA_TESLA_T4 on vertex)")
     p.add_argument("--train-config", default=None, metavar="FILE",
                    help="a TrainConfig JSON; the training flags below override its fields")
     add_config_flags(p.add_argument_group("training (as cnnrnn train; over --train-config)"))
     p.add_argument("--schema", default=None, metavar="URI",
-                   help="a curated schema.pbtxt (default: derived from the data's training labels)")
+                   help="a curated schema.pbtxt the workers read (default: the label domain is "
+                        "derived from the train split when the pipeline runs)")
     p.add_argument("--train-steps", type=positive_int, default=None,
                    help="default of the train_args runtime parameter")
     p.add_argument("--min-of1", type=unit_interval, default=0.1,
@@ -94,4 +101,6 @@ def register(sub) -> None:
                    help="add TFX's InfraValidator before the Pusher; off by default")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="a Beam pipeline argument for the Beam-based components")
+    add_compile_flags(p)
     p.set_defaults(func=cmd_pipeline_compile)
+    add_submit_parser(psub, cmd_pipeline_submit)
