@@ -24,9 +24,9 @@ import re
 import tempfile
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from cnnrnn_tf.choices import PIPELINE_PLATFORMS as PLATFORMS
 from cnnrnn_tf.errors import InputError
 
-PLATFORMS = ("kfp", "vertex")
 EXTENSIONS = {".yaml": "kfp", ".yml": "kfp", ".json": "vertex"}
 SECRET_ENV_FORMAT = "NAME=SECRET:KEY"
 

@@ -161,6 +161,10 @@ def cmd_client(args) -> int:
         _need_serving_extra()
         raise
     _need_serving_extra()
+    from cnnrnn_tf.cli.app import check_local_inputs
+
+    check_local_inputs(argparse.Namespace(images=args.images,
+                                          local_inputs=(("images", "image file"),)))
     from cnnrnn_tf.serving.client import ServingClient, ServingError
 
     try:
@@ -268,4 +272,4 @@ def register(sub) -> None:
                    help="call metadata sent with every call (repeatable), e.g. "
                         "'authorization=Bearer TOKEN' for 'cnnrnn serve --auth-token-file'")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to send")
-    p.set_defaults(func=cmd_client, local_inputs=(("images", "image file"),))
+    p.set_defaults(func=cmd_client)

@@ -22,7 +22,8 @@ class SignatureRunner:
     dtypes, shapes, the batch limit), its function called, the outputs filtered. Requests
     and the warmup replay of a new version (ModelManager.run_request) both go through it."""
 
-    def __init__(self, max_batch_size: Optional[int] = None):
+    def __init__(self, model_name: str, max_batch_size: Optional[int] = None):
+        self.model_name = model_name
         self.max_batch_size = max_batch_size
 
     def run(self, servable: ServableVersion, request) -> predict_pb2.PredictResponse:
@@ -52,7 +53,7 @@ class SignatureRunner:
                                f"({', '.join(sorted(inputs))}): for 'examples', each value must "
                                "be a serialized tf.Example") from None
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name or self.manager.name
+        response.model_spec.name = request.model_spec.name or self.model_name
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = name
         for alias in wanted:

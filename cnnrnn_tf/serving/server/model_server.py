@@ -107,7 +107,7 @@ class ModelServer:
         if not model_name or "/" in model_name or ":" in model_name:
             raise InputError(f"model name {model_name!r}: must be non-empty, without '/' or ':'")
         self.host = host
-        runner = SignatureRunner(max_batch_size)
+        runner = SignatureRunner(model_name, max_batch_size)
         self.manager = ModelManager(model_name, base, num_versions, poll_seconds, warmup,
                                     run_request=runner.run)
         self.core = PredictionCore(self.manager, runner)

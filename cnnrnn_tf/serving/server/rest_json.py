@@ -289,4 +289,4 @@ def rest_predict(core: PredictionCore, name: str, version: Optional[int], body,
     protos, row_form = _json_to_tensors(body, signature.inputs)
     for alias, proto in protos.items():
         request.inputs[alias].CopyFrom(proto)
-    return _tensors_to_json(core.run_predict(servable, request), row_form)
+    return _tensors_to_json(core.runner.run(servable, request), row_form)
