@@ -132,13 +132,13 @@ Under each image: predicted labels in decoding order with their scores, green wh
 red when wrong; true labels the model missed in grey.
 """),
     code("""
-from cnnrnn_tf.evaluation.report import plot_predictions
+from cnnrnn_tf.evaluation.plots import plot_predictions
 
 plot_predictions(preds, TEST, list(vocab.labels), count=12)
 """),
     md("## 5. Average precision per label"),
     code("""
-from cnnrnn_tf.evaluation.report import plot_per_class_ap
+from cnnrnn_tf.evaluation.plots import plot_per_class_ap
 
 plot_per_class_ap(metrics)
 """),
@@ -149,7 +149,7 @@ Cell (i, j) is the fraction of images with label i that also have label j. The d
 models these dependencies: compare the structure of its predicted sets with the truth.
 """),
     code("""
-from cnnrnn_tf.evaluation.report import plot_cooccurrence
+from cnnrnn_tf.evaluation.plots import plot_cooccurrence
 
 plot_cooccurrence(preds.y_true, preds.y_pred, list(vocab.labels))
 """),
@@ -260,7 +260,7 @@ import csv
 import numpy as np
 from PIL import Image
 
-from cnnrnn_tf.evaluation.report import example_images
+from cnnrnn_tf.evaluation.plots import example_images
 
 NEW_LABEL = "framed"
 
@@ -369,7 +369,7 @@ for label in added:
           f"(and on {false_alarms} of {int((~has).sum())} that do not)")
 """),
     code("""
-from cnnrnn_tf.evaluation.report import plot_predictions
+from cnnrnn_tf.evaluation.plots import plot_predictions
 
 plot_predictions(preds, TEST, names, count=8)
 """),

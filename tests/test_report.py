@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cnnrnn_tf.errors import InputError
-from cnnrnn_tf.evaluation.report import (MARKER_FILE, PLOTS, REPORT_FILE, cooccurrence_matrix,
-                              precision_recall_curve)
+from cnnrnn_tf.evaluation.plots import cooccurrence_matrix, precision_recall_curve
+from cnnrnn_tf.evaluation.report import MARKER_FILE, PLOTS, REPORT_FILE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -49,7 +49,7 @@ def test_cooccurrence_matrix():
 def test_example_grid_text_stays_clear_of_the_images():
     """The label lines under an image never run into another image or its title."""
     pytest.importorskip("matplotlib")
-    from cnnrnn_tf.evaluation.report import plot_examples
+    from cnnrnn_tf.evaluation.plots import plot_examples
 
     n = 8
     images = [np.zeros((16, 16, 3), np.uint8)] * n
