@@ -174,12 +174,6 @@ class TrainConfig:
                              f"backbone would stay frozen at its random initialisation; add "
                              f"--fine-tune to train it, or drop --no-pretrained-weights")
 
-    def augmentation(self):
-        """The training images' :class:`~cnnrnn_tf.inputs.images.Augmentation`."""
-        from cnnrnn_tf.inputs.images import Augmentation
-
-        return Augmentation(color=self.augment, crop_scale=self.crop_scale, hflip=self.hflip)
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

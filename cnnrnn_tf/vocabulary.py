@@ -27,6 +27,8 @@ NUM_SPECIAL = 2
 # The logit that masks a token out of a softmax (START, labels already on the path, ...):
 # one constant for the decoder, the beam search and every reference decoder.
 MASK_LOGIT = -1e9
+# The target after END in a padded label path: no loss, no metric (Keras ignore_class).
+PAD_TARGET = -1
 VOCAB_FILE = "vocabulary.json"
 
 

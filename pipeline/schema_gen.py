@@ -53,7 +53,7 @@ def labels_from_statistics(statistics, split: str = TRAIN_SPLIT):
 
 def labels_from_records(examples, split: str = TRAIN_SPLIT) -> List[str]:
     """The sorted distinct labels of ``split``'s records (every record's labels read)."""
-    from cnnrnn_tf.dataset import scan_labels
+    from cnnrnn_tf.inputs.dataset import scan_labels
 
     folder = artifact_utils.get_split_uri([examples], split)
     files = sorted(fileio.glob(uri.join(folder, "*")))

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-from cnnrnn_tf.cli.args import EXIT_INPUT, EXIT_INTERNAL, Parser
+from cnnrnn_tf.cli.args import EXIT_INPUT, EXIT_INTERNAL, Parser, check_local_inputs
 from cnnrnn_tf.errors import InputError
 
 
@@ -61,21 +61,6 @@ def _quiet_startup(level: str = "error") -> None:
     if level == "error":
         warnings.filterwarnings("ignore", category=FutureWarning, module="google")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-# The local input paths of each command (``set_defaults(local_inputs=((argument, what), ...))``)
-# are checked before anything heavy is imported, so a mistyped path answers at once. URIs and
-# glob patterns are left to the command itself.
-def check_local_inputs(args) -> None:
-    """InputError naming the first local input path of ``args`` that does not exist."""
-    for name, what in getattr(args, "local_inputs", ()):
-        values = getattr(args, name, None)
-        for value in values if isinstance(values, list) else [values]:
-            if not isinstance(value, str) or not value or "://" in value \
-                    or any(c in value for c in "*?["):
-                continue
-            if not os.path.exists(value):
-                raise InputError(f"{value}: {what} does not exist")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from cnnrnn_tf.errors import InputError
 
 EXIT_INPUT = 2
 EXIT_INTERNAL = 1
@@ -57,3 +60,16 @@ class Parser(argparse.ArgumentParser):
                               f"(run '{self.prog} --help' for usage)\n")
 
 
+# The local input paths of each command (``set_defaults(local_inputs=((argument, what), ...))``)
+# are checked before anything heavy is imported, so a mistyped path answers at once. URIs and
+# glob patterns are left to the command itself.
+def check_local_inputs(args) -> None:
+    """InputError naming the first local input path of ``args`` that does not exist."""
+    for name, what in getattr(args, "local_inputs", ()):
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if not isinstance(value, str) or not value or "://" in value \
+                    or any(c in value for c in "*?["):
+                continue
+            if not os.path.exists(value):
+                raise InputError(f"{value}: {what} does not exist")

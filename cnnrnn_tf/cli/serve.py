@@ -161,7 +161,7 @@ def cmd_client(args) -> int:
         _need_serving_extra()
         raise
     _need_serving_extra()
-    from cnnrnn_tf.cli.app import check_local_inputs
+    from cnnrnn_tf.cli.args import check_local_inputs
 
     check_local_inputs(argparse.Namespace(images=args.images,
                                           local_inputs=(("images", "image file"),)))

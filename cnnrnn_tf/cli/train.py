@@ -57,7 +57,7 @@ def config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from cnnrnn_tf.cli.app import check_local_inputs
+    from cnnrnn_tf.cli.args import check_local_inputs
 
     config = config_from_args(args)  # flag errors first, then TF_CONFIG, then the paths
     if os.environ.get("TF_CONFIG"):

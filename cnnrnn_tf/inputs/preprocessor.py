@@ -15,9 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cnnrnn_tf.models.losses import PAD_TARGET
 from cnnrnn_tf.inputs.images import decode_image, decode_images
-from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, START_ID
+from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, PAD_TARGET, START_ID
 
 
 @keras.saving.register_keras_serializable(package="cnnrnn_tf")

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnrnn_tf.models.losses import PAD_TARGET
-from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL
+from cnnrnn_tf.vocabulary import END_ID, NUM_SPECIAL, PAD_TARGET
 
 ALIGNMENTS = ("none", "pla", "mla")
 # Masked tokens have log-probabilities near -1e9; clip so sums stay well conditioned.

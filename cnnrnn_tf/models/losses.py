@@ -4,7 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-PAD_TARGET = -1
+from cnnrnn_tf.vocabulary import PAD_TARGET
 
 
 def sequence_crossentropy(label_smoothing: float = 0.0) -> keras.losses.Loss:

@@ -43,9 +43,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cnnrnn_tf.models.losses import PAD_TARGET
 from cnnrnn_tf.inputs.preprocessor import multi_hot
-from cnnrnn_tf.vocabulary import MASK_LOGIT, NUM_SPECIAL, START_ID
+from cnnrnn_tf.vocabulary import MASK_LOGIT, NUM_SPECIAL, PAD_TARGET, START_ID
 
 NEG_INF = MASK_LOGIT
 _CLIP = 1e4   # a masked label's cost (log p near -1e9) is clipped to this

@@ -22,6 +22,7 @@ from cnnrnn_tf.inputs.dataset import (
     scan_labels,
 )
 from cnnrnn_tf.errors import InputError
+from cnnrnn_tf.inputs.images import Augmentation
 from cnnrnn_tf.io_utils import makedirs
 from cnnrnn_tf.uri import absolute, ensure_filesystem, is_remote, join, storage_error
 from cnnrnn_tf.model_dir import is_model_dir
@@ -60,6 +61,11 @@ class TrainPlan:
         if strategy.num_replicas_in_sync > 1:  # full batches only (drop_remainder)
             return max(1, self.num_eval // config.batch_size)
         return -(-self.num_eval // config.batch_size)
+
+
+def augmentation(config: TrainConfig) -> Augmentation:
+    """The training images' augmentation, as ``config`` asks (colour, crop, flip)."""
+    return Augmentation(color=config.augment, crop_scale=config.crop_scale, hflip=config.hflip)
 
 
 def prepare_out_dir(out_dir: str) -> str:
@@ -112,7 +118,7 @@ def frozen_encoder(config: TrainConfig, model):
     """The model's encoder when its features can be computed once before training: it has
     no trainable weight (a pretrained backbone without --fine-tune) and the images are not
     augmented. None otherwise."""
-    if config.augmentation().active or model.encoder.trainable_weights:
+    if augmentation(config).active or model.encoder.trainable_weights:
         return None
     return model.encoder
 
@@ -189,7 +195,7 @@ def make_datasets(config: TrainConfig, plan: TrainPlan, model, train_data, eval_
         return {"memory": True, "none": False}.get(modes[split]) \
             if modes[split] != "disk" else join(cache_dir, split)
 
-    train_ds = make_dataset(train_data, training=True, augment=config.augmentation(),
+    train_ds = make_dataset(train_data, training=True, augment=augmentation(config),
                             cache=cache_arg("train"), **common)
     eval_ds = make_dataset(eval_data, training=False, cache=cache_arg("eval"), **common)
     return train_ds.repeat(), eval_ds
