@@ -171,73 +171,20 @@ def create_pipeline(
     if split is not None and split not in SPLITS:
         raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
     runtime_parameters = dict(runtime_parameters or {})
-    example_gen = three_split_example_gen(data_root)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    if schema_path:
-        schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
-    else:
-        schema_gen = CuratedSchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                      examples=example_gen.outputs["examples"]).with_id(
-                                          SCHEMA_NODE_ID)
-    example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
-
-    user_code = ({"module_file": module_file} if module_file else
-                 {"preprocessing_fn": PREPROCESSING_FN})
-    transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        materialize=False, disable_statistics=True,
-        custom_config={VERSION_KEY: __version__}, **user_code)
-    transform.add_upstream_node(anomaly_gate)
-
-    user_code = {"module_file": module_file} if module_file else {"run_fn": RUN_FN}
-    trainer = tfx.components.Trainer(
-        **user_code,
-        examples=example_gen.outputs["examples"],
-        transform_graph=transform.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"],
+    example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate = \
+        _data_components(data_root, schema_path)
+    examples, schema = example_gen.outputs["examples"], schema_gen.outputs["schema"]
+    transform, trainer = _training_components(
+        examples, schema, anomaly_gate, module_file,
         train_args=runtime_parameters.get("train_args") or train_args(train_steps),
-        eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=eval_steps),
-        custom_config={TRAIN_CONFIG_KEY: dict(train_config or {}), VERSION_KEY: __version__},
-    )
-    trainer.add_upstream_node(anomaly_gate)
-
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
-
-    evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"],
-        model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"],
-        example_splits=["eval"],
-        eval_config=(runtime_parameters.get("eval_config")
-                     or eval_config(min_of1, min_map, max_of1_decrease)),
-    )
-    # The test split, scored once for the report: no thresholds, no baseline, and
-    # nothing downstream reads its blessing.
-    test_evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"],
-        model=trainer.outputs["model"],
-        example_splits=["test"],
-        eval_config=eval_config(None, None, None),
-    ).with_id(TEST_EVALUATOR)
+        eval_steps=eval_steps, train_config=train_config)
     if trainer_resources is not None:
         trainer.with_platform_config(trainer_resources)
-    validators = []
-    if infra_validator:
-        validator_class = KubeflowInfraValidator if for_kubeflow_v2 else tfx.components.InfraValidator
-        validators.append(validator_class(
-            model=trainer.outputs["model"],
-            examples=example_gen.outputs["examples"],
-            serving_spec=infra_validator_spec(infra_validator),
-            request_spec=tfx.proto.RequestSpec(
-                tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(
-                    signature_names=["serving_default"]),
-                split_name="eval", num_examples=4)))
+    model_resolver, evaluator, test_evaluator = _evaluation_components(
+        examples, trainer.outputs["model"],
+        runtime_parameters.get("eval_config") or eval_config(min_of1, min_map, max_of1_decrease))
+    validators = _infra_validators(infra_validator, for_kubeflow_v2, trainer.outputs["model"],
+                                   examples)
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
@@ -255,3 +202,76 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args or []),
     )
+
+
+def _data_components(data_root, schema_path: Optional[str]):
+    """ExampleGen (train / eval / test, the layout detected when it runs), statistics, the
+    schema (imported, or its label domain derived from the train split), the validator and
+    the gate that stops the run on its anomalies."""
+    example_gen = three_split_example_gen(data_root)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    if schema_path:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    else:
+        schema_gen = CuratedSchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                      examples=example_gen.outputs["examples"]).with_id(
+                                          SCHEMA_NODE_ID)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+    return example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate
+
+
+def _training_components(examples, schema, anomaly_gate, module_file: Optional[str], *,
+                         train_args, eval_steps: Optional[int], train_config):
+    """Transform (the vocabulary) and the Trainer (train on train, validate on eval), both
+    after the anomaly gate."""
+    user_code = ({"module_file": module_file} if module_file else
+                 {"preprocessing_fn": PREPROCESSING_FN})
+    transform = tfx.components.Transform(
+        examples=examples, schema=schema, materialize=False, disable_statistics=True,
+        custom_config={VERSION_KEY: __version__}, **user_code)
+    transform.add_upstream_node(anomaly_gate)
+    user_code = {"module_file": module_file} if module_file else {"run_fn": RUN_FN}
+    trainer = tfx.components.Trainer(
+        **user_code,
+        examples=examples,
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema,
+        train_args=train_args,
+        eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=eval_steps),
+        custom_config={TRAIN_CONFIG_KEY: dict(train_config or {}), VERSION_KEY: __version__},
+    )
+    trainer.add_upstream_node(anomaly_gate)
+    return transform, trainer
+
+
+def _evaluation_components(examples, model, blessing_config):
+    """The latest blessed model (the baseline), the Evaluator that blesses on eval, and the
+    TestEvaluator that scores test once (no thresholds, no baseline, nothing reads its
+    blessing)."""
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=examples, model=model, baseline_model=model_resolver.outputs["model"],
+        example_splits=["eval"], eval_config=blessing_config)
+    test_evaluator = tfx.components.Evaluator(
+        examples=examples, model=model, example_splits=["test"],
+        eval_config=eval_config(None, None, None)).with_id(TEST_EVALUATOR)
+    return model_resolver, evaluator, test_evaluator
+
+
+def _infra_validators(infra_validator: Optional[str], for_kubeflow_v2: bool, model, examples):
+    """[] or TFX's InfraValidator (TF Serving in Docker or Kubernetes) before the Pusher."""
+    if not infra_validator:
+        return []
+    validator_class = KubeflowInfraValidator if for_kubeflow_v2 else tfx.components.InfraValidator
+    return [validator_class(
+        model=model, examples=examples, serving_spec=infra_validator_spec(infra_validator),
+        request_spec=tfx.proto.RequestSpec(
+            tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(
+                signature_names=["serving_default"]),
+            split_name="eval", num_examples=4))]
