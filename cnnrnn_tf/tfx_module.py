@@ -2,7 +2,7 @@
 
 This is the only core-library module that touches TFX. tfx / tensorflow_transform
 are imported inside the functions, so ``import cnnrnn_tf`` works without them.
-The pipeline hands Trainer and Transform the shim ``cnnrnn_pipeline/module_file.py``,
+The pipeline hands Trainer and Transform the shim ``pipeline/module_file.py``,
 which re-exports these two functions.
 
 Design: Transform computes only the label vocabulary (``tft.vocabulary`` over

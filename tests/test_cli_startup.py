@@ -101,3 +101,13 @@ def test_native_log_filter_drops_tensorflow_and_absl_lines_only():
     assert not any(NATIVE_LOG_LINE.match(line) for line in kept)
     assert wanted(["train"]) and wanted(["--log-level", "error", "train"])
     assert not wanted(["--log-level", "info", "train"]) and not wanted(["--log-level=debug"])
+
+
+def test_the_grpc_client_and_the_serving_contract_load_without_keras_or_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, cnnrnn_tf.serving.client, cnnrnn_tf.serving.contract; "
+            "print('keras' in sys.modules, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stderr

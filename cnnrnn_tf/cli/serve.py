@@ -24,6 +24,8 @@ import argparse
 import json
 import sys
 
+from cnnrnn_tf.serving.contract import MAX_MESSAGE_BYTES
+
 _SERVING_EXTRA = "pip install 'cnnrnn-tf[serving]'"
 
 
@@ -217,7 +219,7 @@ def register(sub) -> None:
     p.add_argument("--max-body-bytes", type=positive_int, default=64 * 1024 * 1024,
                    help="largest REST request body; larger is refused with 413 from the "
                         "Content-Length header, before it is read (default 64 MiB)")
-    p.add_argument("--max-message-bytes", type=positive_int, default=256 * 1024 * 1024,
+    p.add_argument("--max-message-bytes", type=positive_int, default=MAX_MESSAGE_BYTES,
                    help="largest gRPC message either way (RESOURCE_EXHAUSTED; default 256 MiB)")
     p.add_argument("--socket-timeout", type=positive_float, default=30.0,
                    help="REST: seconds a socket may stay silent (idle keep-alive connections "

@@ -7,7 +7,7 @@ move it as long as its id stays. ``seed`` salts the hash: another seed gives
 another, equally stable, split.
 
 One hash serves both places that split: ``cnnrnn data split`` (val when the point is
-below the val fraction) and the pipeline's ExampleGen (``cnnrnn_pipeline.example_gen``),
+below the val fraction) and the pipeline's ExampleGen (``pipeline/example_gen.py``),
 which carves ``eval`` out of ``train`` (its first share, so a tenth carved there is the
 val that ``cnnrnn data split --val-fraction 0.1`` writes) and splits one folder 8:1:1.
 It imports only the standard library and TensorFlow's Example proto, so a Beam worker

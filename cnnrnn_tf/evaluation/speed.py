@@ -169,7 +169,7 @@ def device_name() -> str:
     return f"CPU: {cpu} ({os.cpu_count()} cores)"
 
 
-def format_table(r: Dict[str, Any]) -> str:
+def format_speed_table(r: Dict[str, Any]) -> str:
     rows = [
         ("model", r["model_type"]), ("device", r["device"]), ("TensorFlow", r["tensorflow_version"]),
         ("batch size", r["batch_size"]), ("beam size", r["beam_size"]),
@@ -202,5 +202,5 @@ def benchmark_command(args) -> int:
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        print(format_table(result))
+        print(format_speed_table(result))
     return 0

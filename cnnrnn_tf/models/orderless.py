@@ -27,9 +27,8 @@ and what this module follows:
   free-running logits), plus the project's label-head BCE when the model has one.
 * The official recipe trains the encoder first with a BCE loss (``train_bce.py``),
   then encoder + decoder with PLA. The project's ``--label-head aux|evidence``
-  trains a BCE head on the same features from the first step; in addition
-  ``TrainConfig.orderless_warmup_epochs`` (see ``cnnrnn_tf.training.loop``) may train
-  the first epochs with the data's fixed order before the orderless steps.
+  trains a BCE head on the same features from the first step; there is no separate
+  warm-up stage with a fixed order.
 
 Decoder dropout does not apply in the free-running pass (``CNNRNN.step`` runs
 the decoder in inference mode; the official default is ``-dropout 0.0``).

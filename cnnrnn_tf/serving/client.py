@@ -41,10 +41,11 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import grpc
 
 from cnnrnn_tf.errors import CnnRnnError, InputError
+from cnnrnn_tf.serving.contract import (INPUT_NAMES, MAX_MESSAGE_BYTES, PREDICT_IMAGES,
+                                        SERVING_DEFAULT)
 from cnnrnn_tf.serving.security import connection_hint
 
-SIGNATURES = ("serving_default", "predict_images")
-INPUT_NAMES = {"serving_default": "examples", "predict_images": "images"}
+SIGNATURES = (SERVING_DEFAULT, PREDICT_IMAGES)
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 MAX_ATTEMPTS = 5  # gRPC's cap on retryPolicy.maxAttempts
 SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
@@ -55,7 +56,6 @@ REQUEST_ERROR_CODES = frozenset({
     grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
     grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
 })
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
 
 
@@ -104,7 +104,7 @@ def parse_server(text: str) -> str:
     return text
 
 
-def check_image_bytes(data: bytes, name: str) -> bytes:
+def checked_image_bytes(data: bytes, name: str) -> bytes:
     """Refuses empty or non-image bytes locally, naming the input (the server would too)."""
     if not isinstance(data, (bytes, bytearray)) or not data:
         raise InputError(f"{name}: empty image")
@@ -218,7 +218,7 @@ class ServingClient:
         from cnnrnn_tf import schema
 
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
-        values = [check_image_bytes(data, name) for data, name in zip(images, names)]
+        values = [checked_image_bytes(data, name) for data, name in zip(images, names)]
         if not values:
             raise InputError("no images to send")
         if self.signature == "serving_default":
@@ -244,7 +244,7 @@ class ServingClient:
         """One Predict call for a batch -> the result dicts, in order."""
         import tensorflow as tf
 
-        from cnnrnn_tf.serving.predictor import format_result
+        from cnnrnn_tf.serving.contract import format_result
 
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         response = self.predict_raw(self.build_request(images, names))
@@ -281,9 +281,9 @@ class ServingClient:
 
     def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> Iterator[Dict]:
         """Image files -> result dicts. Every file is read and checked before the first call."""
-        from cnnrnn_tf.serving.predictor import read_image_file
+        from cnnrnn_tf.io_utils import read_bytes
 
-        items = [(p, check_image_bytes(read_image_file(p), p)) for p in paths]
+        items = [(p, checked_image_bytes(read_bytes(p, "image file"), p)) for p in paths]
         return self.predict(items, batch_size)
 
     # ---- model information

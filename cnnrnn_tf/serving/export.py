@@ -42,14 +42,14 @@ from cnnrnn_tf.io_utils import makedirs, publish_dir, remove_quietly
 from cnnrnn_tf.inputs.preprocessor import Preprocessor
 from cnnrnn_tf.vocabulary import LabelVocabulary
 
-SIGNATURES = ("serving_default", "predict_images", "label_scores")
-EVAL_SIGNATURES = ("eval_labels", "eval_predictions")
+# The signature names (contract.SIGNATURES, EVAL_SIGNATURES) are re-exported for callers.
+from cnnrnn_tf.serving.contract import EVAL_SIGNATURES, SAVED_MODEL_PB, SIGNATURES  # noqa: E402,F401
 VOCAB_ASSET = "vocabulary.txt"
-SAVED_MODEL_PB = "saved_model.pb"
 
 
 class ServingModule(tf.Module):
-    """Wraps a trained model with the three serving signatures."""
+    """Wraps a trained model with its signatures: the three of SIGNATURES, the two of
+    EVAL_SIGNATURES, and predict_attention for a model that attends."""
 
     def __init__(self, model, vocab: LabelVocabulary, image_size: int,
                  beam_size: Optional[int] = None, vocab_file: Optional[str] = None):

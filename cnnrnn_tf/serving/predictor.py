@@ -11,6 +11,7 @@ from cnnrnn_tf.io_utils import read_bytes
 from cnnrnn_tf.evaluation.evaluate import decode_function
 from cnnrnn_tf.model_dir import load_model_dir
 from cnnrnn_tf.inputs.images import TOO_LARGE_MESSAGE, check_image_bytes
+from cnnrnn_tf.serving.contract import format_result
 from cnnrnn_tf.inputs.preprocessor import Preprocessor
 
 
@@ -32,21 +33,6 @@ def decode_image_bytes(data: bytes, image_size: int, name: str = "image") -> np.
         if TOO_LARGE_MESSAGE in exc.message:
             raise InputError(f"{name}: {TOO_LARGE_MESSAGE}") from None
         raise InputError(f"{name}: not a decodable PNG/JPEG/GIF/BMP image") from None
-
-
-def format_result(name: str, labels: Sequence[str], scores: Sequence[float],
-                  attention: Optional[Sequence[np.ndarray]] = None) -> Dict:
-    """The JSON line of ``cnnrnn predict --json`` and ``cnnrnn client --json``.
-
-    ``attention``: with ``predict --attention``, one [h, w] map per label (where the
-    attention decoder looked when it emitted the label; rows top to bottom, each map
-    sums to 1), written under the label as ``attention``.
-    """
-    out = [{"label": l, "score": round(float(s), 6)} for l, s in zip(labels, scores)]
-    if attention is not None:
-        for item, grid in zip(out, attention):
-            item["attention"] = np.round(np.asarray(grid, np.float64), 5).tolist()
-    return {"image": name, "labels": out}
 
 
 class Predictor:

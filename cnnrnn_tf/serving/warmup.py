@@ -32,7 +32,7 @@ from cnnrnn_tf.errors import InputError
 WARMUP_DIR = "assets.extra"
 WARMUP_NAME = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000  # TF Serving refuses more
-INPUT_NAMES = {"serving_default": "examples", "predict_images": "images"}
+from cnnrnn_tf.serving.contract import INPUT_NAMES, SAVED_MODEL_PB  # noqa: E402
 DEFAULT_IMAGE_SIZE = 64
 
 
@@ -89,7 +89,7 @@ def write_warmup_requests(saved_model_dir: str, num_records: int = 1,
     file is written under a temporary name and renamed, so a server polling the
     folder never reads half of it.
     """
-    if not tf.io.gfile.exists(uri.join(saved_model_dir, "saved_model.pb")):
+    if not tf.io.gfile.exists(uri.join(saved_model_dir, SAVED_MODEL_PB)):
         raise InputError(f"{saved_model_dir}: not a SavedModel folder (no saved_model.pb)")
     if num_records < 1:
         raise InputError(f"num_records {num_records}: must be >= 1")

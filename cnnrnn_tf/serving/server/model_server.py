@@ -59,6 +59,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from cnnrnn_tf import uri
 from cnnrnn_tf.errors import InputError
 from cnnrnn_tf.serving import security
+from cnnrnn_tf.serving.contract import SAVED_MODEL_PB
 from cnnrnn_tf.serving.server.core import PredictionCore, SignatureRunner
 from cnnrnn_tf.serving.server.grpc_api import ModelServicer, PredictionServicer
 from cnnrnn_tf.serving.server.limits import ServerLimits
@@ -93,7 +94,7 @@ class ModelServer:
         base = uri.absolute(model_base_path)
         try:
             is_dir = tf.io.gfile.isdir(base)
-            is_model = is_dir and tf.io.gfile.exists(uri.join(base, "saved_model.pb"))
+            is_model = is_dir and tf.io.gfile.exists(uri.join(base, SAVED_MODEL_PB))
         except tf.errors.OpError as exc:
             raise uri.storage_error(model_base_path, exc) from None
         if not is_dir:

@@ -8,12 +8,13 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 
+from cnnrnn_tf.serving.contract import MAX_MESSAGE_BYTES, SERVING_DEFAULT  # noqa: F401
+
 
 State = get_model_status_pb2.ModelVersionStatus.State
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = SERVING_DEFAULT
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 # TF Serving's model_servers/http_server.cc ToHTTPStatusCode, case by case.

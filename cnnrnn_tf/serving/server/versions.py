@@ -17,6 +17,7 @@ from tensorflow_serving.apis import (
 )
 
 from cnnrnn_tf import uri
+from cnnrnn_tf.serving.contract import SAVED_MODEL_PB
 from cnnrnn_tf.serving.server.status import MAX_WARMUP_RECORDS, RequestError, WARMUP_FILE, _tf_error_message
 from cnnrnn_tf.serving.server.status import State
 
@@ -52,7 +53,7 @@ class ServableVersion:
         self.version = int(version)
         self.path = path
         proto = saved_model_pb2.SavedModel()
-        with tf.io.gfile.GFile(uri.join(path, "saved_model.pb"), "rb") as f, \
+        with tf.io.gfile.GFile(uri.join(path, SAVED_MODEL_PB), "rb") as f, \
                 warnings.catch_warnings():
             warnings.simplefilter("error")  # protobuf warns (not raises) on some corrupt files
             proto.ParseFromString(f.read())
@@ -163,7 +164,7 @@ class ModelManager:
                 continue
             path = uri.join(self.base_path, name)
             try:
-                if tf.io.gfile.exists(uri.join(path, "saved_model.pb")):
+                if tf.io.gfile.exists(uri.join(path, SAVED_MODEL_PB)):
                     found[int(name)] = path
             except tf.errors.OpError:
                 continue
